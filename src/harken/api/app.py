@@ -1,0 +1,66 @@
+"""The FastAPI application: routers, error handlers, limits, and the service's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from harken import __version__
+from harken.api import chat, health, models
+from harken.api.errors import install_error_handlers
+from harken.api.limits import BodyLimitMiddleware
+from harken.config import Settings
+from harken.service.transcription import TranscriptionService
+
+# Room for the JSON or multipart framing around the audio itself.
+_FRAMING_SLACK = 256 * 1024
+_SMALL_BODY = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = TranscriptionService(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Load in the background: the port answers at once, /health says 503 until ready.
+        loading = asyncio.create_task(service.preload())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await service.shutdown(settings.shutdown_grace_seconds)
+
+    app = FastAPI(
+        title="harken",
+        version=__version__,
+        summary="Self-hosted speech recognition: MiMo ASR and OpenAI audio APIs.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    install_error_handlers(app)
+
+    def limit_for(path: str) -> int:
+        if path == "/v1/chat/completions":
+            return settings.max_payload_bytes + _FRAMING_SLACK
+        if path.startswith("/v1/audio/"):
+            return settings.max_upload_bytes + _FRAMING_SLACK
+        return _SMALL_BODY
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "api-key", "content-type"],
+        )
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(chat.router)
+    return app

@@ -1,0 +1,68 @@
+"""One error body everywhere (CONTRACT.md §4), including FastAPI's own validation failures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from harken.errors import HarkenError, InvalidRequest, NotFound, ServerError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(error: HarkenError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def describe_validation_error(errors: list[Any]) -> InvalidRequest:
+    """The first pydantic error as a sentence naming the field, e.g. `messages.0.content`."""
+    if not errors:
+        return InvalidRequest("The request is not valid.")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
+    # Drop pydantic's union/tag branch names (`function-after[...]`, `input_audio`) from the path.
+    param = ".".join(p for p in loc if not p.endswith("]")) or None
+    kind = first.get("type", "")
+    if kind == "json_invalid":
+        return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
+    if kind == "missing":
+        message = f"The field {param!r} is required."
+    elif kind in ("model_attributes_type", "dict_type") and not loc:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    else:
+        msg = str(first.get("msg", "is not valid"))
+        message = f"The field {param!r} is not valid: {msg}." if param else f"{msg}."
+    return InvalidRequest(message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HarkenError)
+    async def _harken(request: Request, exc: HarkenError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(describe_validation_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            error: HarkenError = NotFound(
+                f"There is no route {request.method} {request.url.path}.", code="unknown_route"
+            )
+        else:
+            error = HarkenError(str(exc.detail))
+            error.status = exc.status_code
+            error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+            error.code = None
+        return JSONResponse(error.body(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(ServerError("The server failed to process the request (a bug)."))

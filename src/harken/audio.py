@@ -1,0 +1,96 @@
+"""Decode any common audio container from memory into 16 kHz mono float32 samples.
+
+PyAV (FFmpeg's libraries, no ffmpeg binary) probes the bytes themselves, so a clip labelled
+`audio/wav` that is really mp3 still decodes. Decoding runs as a stream of chunks and stops as
+soon as the configured duration is exceeded, so a small compressed file that expands to hours of
+audio costs neither the time nor the memory of decoding it all.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import av
+import numpy as np
+
+from harken.errors import AudioTooLong, InvalidAudio
+
+SAMPLE_RATE = 16_000
+
+log = logging.getLogger(__name__)
+
+
+def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Iterator[np.ndarray]:
+    """Yield the audio in `data` as float32 mono chunks at 16 kHz, in order.
+
+    Raises InvalidAudio when the bytes hold no decodable audio stream, AudioTooLong as soon as the
+    decoded audio passes `max_seconds`.
+    """
+    if not data:
+        raise InvalidAudio("The audio is empty (0 bytes).")
+    max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
+    try:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, ValueError, OSError, UnicodeDecodeError) as exc:
+        raise InvalidAudio(
+            "The audio could not be decoded: the bytes are not a supported audio format "
+            "(wav, mp3, flac, ogg/opus, m4a/aac, webm)."
+        ) from exc
+    with container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise InvalidAudio("The file has no audio stream.")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        total = 0
+        bad_packets = 0
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.FFmpegError:
+                    # One damaged packet should not lose the rest of a recording.
+                    bad_packets += 1
+                    if bad_packets > 100 and total == 0:
+                        break
+                    continue
+                for frame in frames:
+                    for out in resampler.resample(frame):
+                        chunk = _to_mono_float(out)
+                        total += chunk.shape[0]
+                        if max_samples is not None and total > max_samples:
+                            raise _too_long(max_seconds)
+                        yield chunk
+            for out in resampler.resample(None):
+                chunk = _to_mono_float(out)
+                total += chunk.shape[0]
+                if max_samples is not None and total > max_samples:
+                    raise _too_long(max_seconds)
+                yield chunk
+        except (av.FFmpegError, ValueError, OSError) as exc:
+            if total == 0:
+                raise InvalidAudio("The audio could not be decoded: the file is damaged.") from exc
+            log.info("audio stream ended early after %.2f s: %s", total / SAMPLE_RATE, exc)
+        if total == 0:
+            raise InvalidAudio("The audio contains no samples (empty or damaged file).")
+
+
+def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
+    """All of `data` decoded to one float32 array of 16 kHz mono samples."""
+    chunks = list(iter_audio_chunks(data, max_seconds=max_seconds))
+    return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+
+
+def _to_mono_float(frame: av.AudioFrame) -> np.ndarray:
+    samples = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+    if not np.isfinite(samples).all():
+        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(samples, -1.0, 1.0)
+
+
+def _too_long(max_seconds: float | None) -> AudioTooLong:
+    return AudioTooLong(
+        f"The audio is longer than the server's limit of {max_seconds:g} seconds; "
+        "split it or ask the operator to raise HARKEN_MAX_AUDIO_SECONDS."
+    )

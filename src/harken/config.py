@@ -1,0 +1,114 @@
+"""All of harken's configuration, in one settings object.
+
+Values come from (highest first): arguments passed to `Settings(...)`, `HARKEN_*` environment
+variables, a TOML file (`HARKEN_CONFIG=/path/harken.toml`), then the defaults below. No other
+module reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_home() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "harken"
+
+
+class ModelConfig(BaseModel):
+    """One model the operator adds to the catalog (or an override of a built-in one)."""
+
+    path: Path | None = Field(None, description="A local CTranslate2 Whisper model directory.")
+    hub: str | None = Field(
+        None, description="A hub repository id or faster-whisper size name; needs the network."
+    )
+    backend: Literal["faster-whisper"] = "faster-whisper"
+    compute_type: str | None = None
+    beam_size: int | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HARKEN_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # --- server
+    host: str = "127.0.0.1"
+    port: int = 8000
+    insecure_no_auth: bool = False
+    api_keys: list[str] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # --- models
+    home: Path = Field(default_factory=_default_home)
+    default_model: str = "whisper-base"
+    preload: list[str] = Field(default_factory=lambda: ["whisper-base"])
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    # --- engine (defaults measured on a 2-core AVX2 CPU; see README "Defaults")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compute_type: str = "default"
+    cpu_threads: int = 0
+    beam_size: int = 5
+
+    # --- limits
+    max_payload_mb: float = 10.0
+    max_upload_mb: float = 25.0
+    max_audio_seconds: float = 3 * 3600.0
+
+    # --- scheduling
+    workers: int = 1
+    max_queue: int = 64
+    shutdown_grace_seconds: float = 30.0
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("HARKEN_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        return int(self.max_payload_mb * 1024 * 1024)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from `api_keys` plus one key a line from `api_keys_file` (# starts a comment)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            for line in self.api_keys_file.read_text().splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    keys.append(line)
+        return keys

@@ -1,0 +1,45 @@
+"""Model-agnostic speech recognition: the Transcriber interface and its backends.
+
+Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from harken.catalog import ModelEntry
+from harken.config import Settings
+from harken.engine.types import (
+    Segment,
+    Transcriber,
+    Transcription,
+    TranscriptionInfo,
+    TranscriptionOptions,
+    Word,
+)
+
+__all__ = [
+    "Segment",
+    "Transcriber",
+    "Transcription",
+    "TranscriptionInfo",
+    "TranscriptionOptions",
+    "Word",
+    "load_transcriber",
+]
+
+
+def load_transcriber(entry: ModelEntry, settings: Settings) -> Transcriber:
+    """Load the model behind a catalog entry. Blocking (seconds); call off the event loop."""
+    if entry.backend == "faster-whisper":
+        from harken.engine.whisper import FasterWhisperTranscriber
+
+        return FasterWhisperTranscriber(
+            entry.name,
+            entry.weights(settings),
+            device=settings.device,
+            compute_type=entry.config.compute_type or settings.compute_type,
+            cpu_threads=settings.cpu_threads,
+            beam_size=entry.config.beam_size or settings.beam_size,
+            max_concurrency=settings.workers,
+            download_root=settings.home / "hub",
+        )
+    raise ValueError(f"unknown backend {entry.backend!r}")

@@ -1,0 +1,81 @@
+"""The engine's result and option types: the only things the rest of harken sees of a model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    id: int
+    seek: int
+    start: float
+    end: float
+    text: str
+    tokens: tuple[int, ...] = ()
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: tuple[Word, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionOptions:
+    """What a request asks of the model, independent of the API dialect it came in."""
+
+    language: str | None = None  # None: detect
+    task: Task = "transcribe"
+    prompt: str | None = None  # decoding context (Whisper's initial prompt)
+    hotwords: str | None = None
+    temperature: float | None = None  # None: the engine's fallback schedule
+    word_timestamps: bool = False
+    beam_size: int | None = None  # None: the model's configured default
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionInfo:
+    language: str
+    language_probability: float
+    duration: float
+
+
+@dataclass(slots=True)
+class Transcription:
+    """A started transcription: `info` is known, `segments` are produced lazily as decoded."""
+
+    info: TranscriptionInfo
+    segments: Iterator[Segment] = field(repr=False)
+
+
+class Transcriber(Protocol):
+    """One loaded speech-recognition model. Implementations are not assumed thread-safe for
+    more concurrent calls than they declare in `max_concurrency`."""
+
+    name: str
+    multilingual: bool
+    max_concurrency: int
+
+    def supported_languages(self) -> frozenset[str]: ...
+
+    def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        """Start transcribing 16 kHz mono float32 `audio`. Blocking; call off the event loop."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is in this model's tokenizer (for usage accounting)."""
+        ...

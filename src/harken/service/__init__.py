@@ -1,0 +1,1 @@
+"""Turns validated requests into transcription jobs: decoding, limits, scheduling, usage."""

@@ -1,0 +1,211 @@
+"""The service between the HTTP dialects and the engine.
+
+It owns the loaded models, decoding and its limits, option checks that depend on the model,
+the scheduler, and usage accounting. Both API dialects (and anything else that wants a
+transcript) call it with dialect-free values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from harken.audio import SAMPLE_RATE, decode_audio
+from harken.catalog import Catalog, ModelEntry, WeightsUnavailable
+from harken.config import Settings
+from harken.engine import (
+    Segment,
+    Transcriber,
+    TranscriptionInfo,
+    TranscriptionOptions,
+    load_transcriber,
+)
+from harken.errors import InvalidRequest, Overloaded, UnsupportedLanguage
+from harken.languages import normalize_language
+from harken.service.scheduler import JobStream, Scheduler
+
+log = logging.getLogger(__name__)
+
+# MiMo's published example: 4 s of audio → 25 audio tokens.
+AUDIO_TOKENS_PER_SECOND = 6.25
+
+
+@dataclass(frozen=True)
+class AudioUsage:
+    duration: float
+
+    @property
+    def seconds(self) -> int:
+        return max(1, math.ceil(self.duration)) if self.duration > 0 else 0
+
+    @property
+    def audio_tokens(self) -> int:
+        return math.ceil(round(self.duration * AUDIO_TOKENS_PER_SECOND, 6))
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    transcriber: Transcriber
+
+
+class TranscriptionService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = Catalog(settings)
+        self.scheduler = Scheduler(settings.workers, settings.max_queue)
+        self._keys = [k.encode() for k in settings.all_api_keys()]
+        self._models: dict[str, LoadedModel] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.ready = asyncio.Event()
+        self.load_error: str | None = None
+        self.shutting_down = False
+        self.started_at = int(time.time())
+
+    # --- lifecycle
+    async def preload(self) -> None:
+        """Load the configured models; `ready` is set once the default one is loaded."""
+        names = [self.settings.default_model, *self.settings.preload]
+        for name in dict.fromkeys(names):
+            try:
+                await self.model(name)
+            except Exception as exc:
+                log.exception("could not load model %s", name)
+                if name == self.settings.default_model:
+                    self.load_error = f"the default model {name!r} failed to load: {exc}"
+                    return
+        self.ready.set()
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        self.shutting_down = True
+        finished = await self.scheduler.drain(grace)
+        if not finished:
+            log.warning("shutdown grace period over with work still running")
+        self.scheduler.shutdown()
+
+    # --- auth
+    @property
+    def auth_required(self) -> bool:
+        return bool(self._keys)
+
+    def key_is_valid(self, supplied: str) -> bool:
+        """Constant-time comparison against every configured key."""
+        candidate = supplied.encode()
+        valid = False
+        for key in self._keys:
+            valid |= hmac.compare_digest(key, candidate)
+        return valid
+
+    # --- models
+    async def model(self, name: str | None) -> LoadedModel:
+        entry = self.catalog.resolve(name)
+        loaded = self._models.get(entry.name)
+        if loaded is not None:
+            return loaded
+        lock = self._locks.setdefault(entry.name, asyncio.Lock())
+        async with lock:
+            loaded = self._models.get(entry.name)
+            if loaded is None:
+                try:
+                    transcriber = await asyncio.to_thread(load_transcriber, entry, self.settings)
+                except WeightsUnavailable as exc:
+                    log.error("model %s unavailable: %s", entry.name, exc)
+                    raise Overloaded(
+                        f"The model {name!r} is configured but its weights can't be loaded; "
+                        "ask the operator to check the server log.",
+                        param="model",
+                    ) from exc
+                loaded = LoadedModel(entry, transcriber)
+                self._models[entry.name] = loaded
+        return loaded
+
+    def loaded_models(self) -> list[str]:
+        return list(self._models)
+
+    # --- audio
+    async def decode(self, data: bytes) -> np.ndarray:
+        """Decode off the event loop, capped at the configured duration."""
+        return await asyncio.to_thread(
+            decode_audio, data, max_seconds=self.settings.max_audio_seconds
+        )
+
+    # --- options
+    def resolve_language(self, model: LoadedModel, value: str | None, param: str) -> str | None:
+        """The language code to force, or None to detect. Never silently falls back."""
+        try:
+            code = normalize_language(value)
+        except KeyError:
+            raise UnsupportedLanguage(
+                f"Unknown language {value!r}: use an ISO 639-1 code such as 'en', 'zh' or 'de', "
+                "or 'auto' to detect it.",
+                param=param,
+            ) from None
+        transcriber = model.transcriber
+        if code is not None and code not in transcriber.supported_languages():
+            raise UnsupportedLanguage(
+                f"The model {model.entry.name!r} does not recognise language {code!r}"
+                + ("; it is English-only." if not transcriber.multilingual else "."),
+                param=param,
+            )
+        return code
+
+    def check_task(self, model: LoadedModel, options: TranscriptionOptions) -> None:
+        if options.task == "translate" and not model.transcriber.multilingual:
+            raise InvalidRequest(
+                f"The model {model.entry.name!r} is English-only and cannot translate; "
+                "use a multilingual model such as 'whisper-base'.",
+                param="model",
+            )
+
+    # --- work
+    async def transcribe(
+        self, model: LoadedModel, audio: np.ndarray, options: TranscriptionOptions
+    ) -> JobStream[TranscriptionInfo, Segment]:
+        """Start a transcription; its info is known on return, segments arrive as decoded."""
+        self.check_task(model, options)
+        if self.shutting_down:
+            raise Overloaded("The server is shutting down and takes no new work.")
+
+        def start() -> tuple[TranscriptionInfo, Iterator[Segment]]:
+            result = model.transcriber.transcribe(audio, options)
+            return result.info, result.segments
+
+        return await self.scheduler.stream(start)
+
+    def count_tokens(self, model: LoadedModel, text: str) -> int:
+        return model.transcriber.count_tokens(text)
+
+
+def duration_of(audio: np.ndarray) -> float:
+    return audio.shape[0] / SAMPLE_RATE
+
+
+class TextJoiner:
+    """Turns segment texts into the deltas a client receives, so that the deltas joined are
+    exactly the full transcript: no leading space, one space where the model put one between
+    segments (none between Chinese or Japanese segments), one space between audio parts."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self._space_pending = False
+
+    def next_part(self) -> None:
+        """The following text belongs to another audio part: separate it by a space."""
+        self._space_pending = True
+
+    def add(self, segment_text: str) -> str:
+        stripped = segment_text.strip()
+        if not stripped:
+            return ""
+        needs_space = bool(self.text) and (self._space_pending or segment_text[:1].isspace())
+        delta = (" " if needs_space else "") + stripped
+        self._space_pending = False
+        self.text += delta
+        return delta

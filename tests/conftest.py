@@ -1,0 +1,188 @@
+"""Shared fixtures: the real speech set, real models, a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+import unicodedata
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from harken.api import create_app
+from harken.config import Settings
+
+SPEECH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    path: Path
+    text: str
+    language: str
+    duration: float
+
+    def bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+    def data_url(self, mime: str | None = None) -> str:
+        mime = mime or ("audio/flac" if self.path.suffix == ".flac" else "audio/wav")
+        return f"data:{mime};base64,{base64.b64encode(self.bytes()).decode()}"
+
+
+def load_manifest() -> dict[str, Clip]:
+    manifest = SPEECH_DIR / "manifest.jsonl"
+    if not manifest.is_file():
+        raise RuntimeError(f"the speech set is missing: expected {manifest}")
+    clips = {}
+    for line in manifest.read_text().splitlines():
+        item = json.loads(line)
+        clips[item["id"]] = Clip(
+            item["id"], SPEECH_DIR / item["path"], item["text"], item["language"],
+            float(item["duration_s"]),
+        )  # fmt: skip
+    return clips
+
+
+@pytest.fixture(scope="session")
+def speech() -> dict[str, Clip]:
+    return load_manifest()
+
+
+# --- text normalisation for WER/CER
+_NUMBERS = {"1": "one", "2": "two", "3": "three", "10": "ten", "mr": "mister"}
+
+
+def normalize_text(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = text.replace("’", "'").replace("‘", "'")
+    text = re.sub(r"[^\w\s']", " ", text)
+    text = text.replace("'", "")
+    words = [_NUMBERS.get(w, w) for w in text.split()]
+    return " ".join(words)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return float(jiwer.wer(normalize_text(reference), normalize_text(hypothesis)))
+
+
+def cer(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    strip = lambda s: re.sub(r"[\s\W]", "", s)  # noqa: E731
+    return float(jiwer.cer(strip(reference), strip(hypothesis)))
+
+
+# --- servers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    settings: Settings
+    app: Any
+
+    @property
+    def service(self) -> Any:
+        return self.app.state.service
+
+
+@contextmanager
+def run_server(home: Path, **overrides: Any) -> Iterator[RunningServer]:
+    """A real uvicorn server on a free loopback port, in a thread, ready when yielded."""
+    overrides.setdefault("preload", ["whisper-base", "whisper-tiny.en"])
+    settings = Settings(home=home, **overrides)
+    app = create_app(settings)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not become ready")
+        time.sleep(0.1)
+    try:
+        yield RunningServer(url, settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def harken_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("harken-home")
+
+
+@pytest.fixture(scope="session")
+def server(harken_home: Path) -> Iterator[RunningServer]:
+    """The shared server: no keys, both built-in models loaded."""
+    with run_server(harken_home) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def keyed_server(harken_home: Path) -> Iterator[RunningServer]:
+    """A server that requires one of two keys; tiny.en only, to stay light."""
+    with run_server(
+        harken_home,
+        api_keys=["sk-test-one", "sk-test-two"],
+        default_model="whisper-tiny.en",
+        preload=["whisper-tiny.en"],
+        aliases={"mimo-v2.5-asr": "whisper-tiny.en"},
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def openai_client(server: RunningServer) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+@pytest.fixture
+def assert_error() -> Callable[..., dict[str, Any]]:
+    """Checks a response carries the contract's error body with the given status."""
+
+    def check(
+        response: httpx.Response, status: int, code: str | None = None, param: str | None = None
+    ) -> dict[str, Any]:
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert set(body) == {"error"}, body
+        error = body["error"]
+        assert set(error) == {"message", "type", "param", "code"}, error
+        assert isinstance(error["message"], str) and error["message"]
+        assert "Traceback" not in error["message"] and "/work/" not in error["message"]
+        if code is not None:
+            assert error["code"] == code, error
+        if param is not None:
+            assert error["param"] == param, error
+        return error
+
+    return check

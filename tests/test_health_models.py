@@ -1,0 +1,34 @@
+"""`/health` and `/v1/models`: what a client or an orchestrator sees before sending audio."""
+
+import httpx
+
+
+def test_health_is_ok_once_models_are_loaded(server):
+    response = httpx.get(f"{server.url}/health")
+    assert response.status_code == 200
+    assert "whisper-base" in response.json()["models"]
+
+
+def test_models_lists_every_name_a_client_may_send(server):
+    body = httpx.get(f"{server.url}/v1/models").json()
+    assert body["object"] == "list"
+    ids = {m["id"] for m in body["data"]}
+    assert {"mimo-v2.5-asr", "whisper-base", "whisper-tiny.en", "whisper-1"} <= ids
+    for model in body["data"]:
+        assert model["object"] == "model" and model["owned_by"] == "harken"
+        assert isinstance(model["created"], int)
+
+
+def test_one_model_and_an_unknown_one(server, assert_error):
+    body = httpx.get(f"{server.url}/v1/models/mimo-v2.5-asr").json()
+    assert body["id"] == "mimo-v2.5-asr"
+    assert_error(httpx.get(f"{server.url}/v1/models/nope"), 404, "model_not_found")
+
+
+def test_unknown_route_gets_the_error_body(server, assert_error):
+    assert_error(httpx.get(f"{server.url}/v2/nothing"), 404)
+
+
+def test_openai_sdk_lists_models(openai_client):
+    ids = [m.id for m in openai_client.models.list()]
+    assert "mimo-v2.5-asr" in ids
