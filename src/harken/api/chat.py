@@ -25,10 +25,10 @@ from harken.errors import (
     InvalidRequest,
     ServerError,
 )
+from harken.formats import TextJoiner
 from harken.service.transcription import (
     AudioUsage,
     LoadedModel,
-    TextJoiner,
     TranscriptionService,
     duration_of,
 )

@@ -28,6 +28,7 @@ from harken.engine import (
     load_transcriber,
 )
 from harken.errors import InvalidRequest, Overloaded, UnsupportedLanguage
+from harken.formats import TextJoiner  # noqa: F401 (the one joining rule, re-exported)
 from harken.languages import normalize_language
 from harken.service.scheduler import JobStream, Scheduler
 
@@ -185,27 +186,3 @@ class TranscriptionService:
 
 def duration_of(audio: np.ndarray) -> float:
     return audio.shape[0] / SAMPLE_RATE
-
-
-class TextJoiner:
-    """Turns segment texts into the deltas a client receives, so that the deltas joined are
-    exactly the full transcript: no leading space, one space where the model put one between
-    segments (none between Chinese or Japanese segments), one space between audio parts."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self._space_pending = False
-
-    def next_part(self) -> None:
-        """The following text belongs to another audio part: separate it by a space."""
-        self._space_pending = True
-
-    def add(self, segment_text: str) -> str:
-        stripped = segment_text.strip()
-        if not stripped:
-            return ""
-        needs_space = bool(self.text) and (self._space_pending or segment_text[:1].isspace())
-        delta = (" " if needs_space else "") + stripped
-        self._space_pending = False
-        self.text += delta
-        return delta
