@@ -7,6 +7,7 @@ segments into text everywhere: the chat endpoint's deltas, the audio API and the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,6 +61,29 @@ def transcript_text(segments: Iterable[Segment]) -> str:
 def usage_seconds(duration: float) -> int:
     """Billable seconds: the duration rounded up (the rule of `service.AudioUsage.seconds`)."""
     return max(1, math.ceil(duration)) if duration > 0 else 0
+
+
+def fit_to_duration(segments: Iterable[Segment], duration: float) -> list[Segment]:
+    """Segments with times cut at the end of the audio: Whisper's last timestamp token can
+    point past it, and a cue that outlasts the file confuses players and editors."""
+    fitted = []
+    for segment in segments:
+        if segment.end <= duration and segment.start <= duration:
+            fitted.append(segment)
+            continue
+        words = segment.words
+        if words is not None:
+            words = tuple(
+                dataclasses.replace(w, start=min(w.start, duration), end=min(w.end, duration))
+                for w in words
+            )
+        fitted.append(
+            dataclasses.replace(
+                segment, start=min(segment.start, duration), end=min(segment.end, duration),
+                words=words,
+            )
+        )  # fmt: skip
+    return fitted
 
 
 # --- subtitles
@@ -141,9 +165,9 @@ def repair_words(segments: Iterable[Segment]) -> list[tuple[Segment, list[Word]]
     return repaired
 
 
-def _segment_body(segment: Segment) -> dict[str, Any]:
+def _segment_body(index: int, segment: Segment) -> dict[str, Any]:
     return {
-        "id": segment.id,
+        "id": index,  # OpenAI numbers segments from 0 (faster-whisper from 1)
         "seek": segment.seek,
         "start": round(segment.start, 3),
         "end": round(segment.end, 3),
@@ -166,12 +190,13 @@ def render_verbose_json(
 ) -> dict[str, Any]:
     """OpenAI's `verbose_json`: `language` is a full English name, and for a translation the
     language of the output (always english), as OpenAI documents it."""
+    segments = fit_to_duration(segments, info.duration)
     body: dict[str, Any] = {
         "task": task,
         "language": "english" if task == "translate" else language_name(info.language),
         "duration": round(info.duration, 3),
         "text": transcript_text(segments),
-        "segments": [_segment_body(s) for s in segments],
+        "segments": [_segment_body(i, s) for i, s in enumerate(segments)],
     }
     if words:
         body["words"] = [
@@ -192,6 +217,7 @@ def render(
     words: bool = False,
 ) -> tuple[str | dict[str, Any], str]:
     """The body for response format `fmt` (one of FORMATS) and its media type."""
+    segments = fit_to_duration(segments, info.duration)
     if fmt == "json":
         body: str | dict[str, Any] = {
             "text": transcript_text(segments),

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from harken import __version__
-from harken.api import chat, health, models
+from harken.api import audio, chat, health, models, web
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
 from harken.config import Settings
@@ -63,4 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(web.router)  # the page at `/`; needs no key, asks for one
+    app.include_router(audio.router)
     return app
