@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI audio"])
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
-Granularity = Literal["segment", "word"]
+GRANULARITIES = ("segment", "word")
 
 # What a 200 can carry, so that the OpenAPI schema (and tools that check against it) know.
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -101,11 +101,18 @@ async def _handle(
     prompt: str | None,
     response_format: ResponseFormat,
     temperature: float | None,
-    granularities: list[Granularity],
+    granularities: list[str],
     stream: bool,
     hotwords: str | None,
 ) -> Response:
     service: TranscriptionService = request.app.state.service
+    for value in granularities:
+        if value not in GRANULARITIES:
+            # Checked here rather than by pydantic, whose error would not name the field.
+            raise InvalidRequest(
+                f"Unknown timestamp granularity {value!r}: use 'segment' and/or 'word'.",
+                param="timestamp_granularities[]",
+            )
     words = "word" in granularities
     if words and response_format != "verbose_json":
         raise InvalidRequest(
@@ -190,6 +197,7 @@ async def _events(
 )
 async def transcriptions(
     request: Request,
+    *,
     file: AudioFile,
     model: ModelField = None,
     language: Annotated[
@@ -199,13 +207,23 @@ async def transcriptions(
     response_format: FormatField = "json",
     temperature: TemperatureField = None,
     timestamp_granularities: Annotated[
-        list[Granularity] | None,
-        Form(alias="timestamp_granularities[]", description="segment and/or word."),
-    ] = None,
+        list[str],
+        Form(
+            default_factory=list,
+            alias="timestamp_granularities[]",
+            description="segment and/or word (word needs verbose_json).",
+            json_schema_extra={"items": {"type": "string", "enum": list(GRANULARITIES)}},
+        ),
+    ],
     timestamp_granularities_plain: Annotated[
-        list[Granularity] | None,
-        Form(alias="timestamp_granularities", description="The same, without brackets."),
-    ] = None,
+        list[str],
+        Form(
+            default_factory=list,
+            alias="timestamp_granularities",
+            description="The same, as some clients spell it.",
+            json_schema_extra={"items": {"type": "string", "enum": list(GRANULARITIES)}},
+        ),
+    ],
     stream: StreamField = False,
     hotwords: HotwordsField = None,
 ) -> Response:
@@ -218,7 +236,7 @@ async def transcriptions(
         prompt=prompt,
         response_format=response_format,
         temperature=temperature,
-        granularities=[*(timestamp_granularities or ()), *(timestamp_granularities_plain or ())],
+        granularities=[*timestamp_granularities, *timestamp_granularities_plain],
         stream=stream,
         hotwords=hotwords,
     )
