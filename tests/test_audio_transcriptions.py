@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 import srt
 import webvtt
 
+from harken.engine import Transcription
 from tests.conftest import cer, normalize_text, run_server, wer
 
 ENGLISH = "jfk_inaugural_1961"  # 11 s, two segments with tiny.en
@@ -151,17 +153,34 @@ def test_sdk_stream_deltas_join_to_the_done_text(openai_client, speech, english_
     assert done.usage.type == "duration" and done.usage.seconds == 11
 
 
-def test_raw_stream_is_server_sent_events_ending_in_done(server, speech):
-    response = post(server, clip=speech["sphinx_goforward"], data={"model": TINY, "stream": "true"})
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/event-stream")
-    events = sse_payloads(response.text)
-    assert events[-1] == "[DONE]"
-    done = events[-2]
-    assert done["type"] == "transcript.text.done"
-    assert "".join(e["delta"] for e in events[:-2]) == done["text"]
-    assert wer(speech["sphinx_goforward"].text, done["text"]) <= 0.5
-    assert done["usage"] == {"type": "duration", "seconds": 3}
+def test_an_engine_failure_mid_stream_is_an_error_event(server, speech, monkeypatch):
+    loaded = server.service._models[TINY]
+    monkeypatch.setattr(loaded, "transcriber", FailsAfterFirstSegment(loaded.transcriber))
+    response = post(server, clip=speech[ENGLISH], data={"model": TINY, "stream": "true"})
+    assert response.status_code == 200  # the stream had started
+    first, error = sse_payloads(response.text)
+    assert first["type"] == "transcript.text.delta" and first["delta"]
+    assert error["error"]["type"] == "server_error" and "Traceback" not in response.text
+
+
+class FailsAfterFirstSegment:
+    """The real model, made to fail after its first segment: no real input makes the engine
+    fail half-way on purpose, and this is the path a client must see handled."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def transcribe(self, audio: Any, options: Any) -> Transcription:
+        result = self.real.transcribe(audio, options)
+
+        def segments() -> Iterator[Any]:
+            yield next(result.segments)
+            raise RuntimeError("the engine fell over")
+
+        return Transcription(result.info, segments())
 
 
 # --- one engine behind both dialects
@@ -224,9 +243,15 @@ def test_spanish_translation_streams_english(server, speech):
         data={"model": "whisper-1", "stream": "true", "response_format": "text"},
     )
     assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
     events = sse_payloads(response.text)
     assert events[-1] == "[DONE]"
-    assert looks_english(events[-2]["text"]), events[-2]
+    *deltas, done = events[:-1]
+    assert all(e["type"] == "transcript.text.delta" for e in deltas)
+    assert done["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in deltas) == done["text"]
+    assert done["usage"] == {"type": "duration", "seconds": 9}
+    assert looks_english(done["text"]), done
 
 
 # --- errors: the contract's body and status, and the server keeps serving
@@ -299,7 +324,11 @@ def test_sdk_raises_the_contracts_errors(openai_client, speech):
 def test_after_all_those_errors_the_server_still_transcribes(openai_client, speech):
     clip = speech["ls_1089-134691-0000"]  # "He could wait no longer."
     text = openai_client.audio.transcriptions.create(
-        file=clip.path, model=TINY, response_format="text", prompt="Chapter one."
+        file=clip.path,
+        model=TINY,
+        response_format="text",
+        prompt="Chapter one.",
+        extra_body={"hotwords": "longer"},
     )
     assert wer(clip.text, text) <= 0.2
     assert "chapter" not in text.lower()  # a prompt biases decoding, it is never output
