@@ -1,0 +1,145 @@
+"""`harken transcribe` and `harken models`: the command line, on real clips with real models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srt
+import webvtt
+from typer.testing import CliRunner
+
+from harken.cli import app
+from tests.conftest import wer
+
+TINY = ["--model", "whisper-tiny.en"]
+
+
+@pytest.fixture
+def run_cli(harken_home):
+    """Runs the CLI in this process (the model loads here, no server involved)."""
+
+    def run(*args: str, expect: int = 0):
+        result = CliRunner().invoke(app, list(args), env={"HARKEN_HOME": str(harken_home)})
+        assert result.exit_code == expect, (result.stdout, result.stderr, result.exception)
+        return result
+
+    return run
+
+
+def message(result) -> str:
+    """stderr without the box rich draws around usage errors, on one line."""
+    return " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_one_file_prints_its_text_to_stdout(run_cli, speech):
+    clip = speech["ls_2412-153948-0002"]
+    result = run_cli("transcribe", str(clip.path), *TINY, "--language", "en")
+    assert wer(clip.text, result.stdout) < 0.15, result.stdout
+    assert result.stdout.endswith("\n") and result.stdout.count("\n") == 1
+
+
+@pytest.mark.parametrize("fmt", ["vtt", "json", "verbose_json"])
+def test_each_format_is_written_and_parses_back(run_cli, speech, tmp_path, fmt):
+    clip = speech["ls_2412-153948-0002"]
+    run_cli("transcribe", str(clip.path), *TINY, "--format", fmt, "--output-dir", str(tmp_path),
+            "--word-timestamps")  # fmt: skip
+    [written] = tmp_path.iterdir()
+    assert written.name == clip.path.stem + (".vtt" if fmt == "vtt" else ".json")
+    if fmt == "vtt":
+        cues = webvtt.read(str(written)).captions
+        text = " ".join(c.text for c in cues)
+        assert cues and cues[-1].end_in_seconds <= clip.duration + 0.5
+    else:
+        body = json.loads(written.read_text())
+        text = body["text"]
+        assert body["usage"] == {"type": "duration", "seconds": 4}
+        if fmt == "verbose_json":
+            assert body["language"] == "english" and body["segments"]
+            assert body["duration"] == pytest.approx(clip.duration, abs=0.05)
+            words = [w["word"].strip(" .,").lower() for w in body["words"]]
+            assert "honest" in words
+    assert wer(clip.text, text) < 0.15, text
+
+
+def test_a_folder_gives_one_output_per_input_with_progress(run_cli, speech, tmp_path):
+    inputs = tmp_path / "recordings"
+    (inputs / "more").mkdir(parents=True)
+    chosen = {"ls_1089-134691-0000": inputs, "sphinx_cards_001": inputs,
+              "sphinx_goforward": inputs / "more"}  # fmt: skip
+    for clip_id, folder in chosen.items():
+        (folder / speech[clip_id].path.name).symlink_to(speech[clip_id].path)
+    (inputs / "notes.txt").write_text("not audio")
+    out = tmp_path / "out"
+    result = run_cli("transcribe", str(inputs), *TINY, "-f", "srt", "-o", str(out), "--progress")
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.srt"))
+    assert written == ["ls_1089-134691-0000.srt", "more/sphinx_goforward.srt",
+                       "sphinx_cards_001.srt"]  # fmt: skip
+    for clip_id, folder in chosen.items():
+        name = (folder / speech[clip_id].path.name).relative_to(inputs).with_suffix(".srt")
+        cues = list(srt.parse((out / name).read_text()))
+        assert cues[0].index == 1
+        text = " ".join(c.content for c in cues)
+        assert wer(speech[clip_id].text, text) <= 0.34, (clip_id, text)
+    # The progress bar: audio time done / total, and the speed.
+    assert "audio" in result.stderr and "real time" in result.stderr, result.stderr
+    assert "3 of 3 files" in result.stderr
+
+
+def test_server_mode_sends_the_files_to_a_running_server(server, speech, tmp_path):
+    clip = speech["ls_1089-134691-0001"]
+    env = {**os.environ, "HARKEN_API_KEY": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "harken", "transcribe", str(clip.path), *TINY, "--format", "srt",
+         "--server", server.url],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    cues = list(srt.parse(result.stdout))
+    assert cues and cues[0].index == 1
+    assert wer(clip.text, " ".join(c.content for c in cues)) < 0.15, result.stdout
+
+
+def test_server_mode_with_and_without_the_key(keyed_server, speech, run_cli):
+    clip = speech["ls_1089-134691-0000"]
+    refused = run_cli("transcribe", str(clip.path), "--server", keyed_server.url, expect=1)
+    assert "API key" in message(refused)
+    accepted = run_cli(
+        "transcribe", str(clip.path), "--server", f"{keyed_server.url}/v1",
+        "--api-key", "sk-test-two", "-f", "json",
+    )  # fmt: skip
+    assert wer(clip.text, json.loads(accepted.stdout)["text"]) < 0.3
+
+
+def test_mistakes_are_explained(run_cli, speech, tmp_path):
+    clip = speech["ls_1089-134691-0000"]
+    missing = run_cli("transcribe", str(tmp_path / "nope.wav"), expect=2)
+    assert "no such file or folder" in message(missing)
+    bad_format = run_cli("transcribe", str(clip.path), "--format", "docx", expect=2)
+    assert "txt, srt, vtt, json, verbose_json" in message(bad_format)
+    english_only = run_cli("transcribe", str(clip.path), *TINY, "--language", "de", expect=2)
+    assert "English-only" in message(english_only)
+    unknown = run_cli("transcribe", str(clip.path), "--model", "whisper-huge", expect=2)
+    assert "whisper-huge" in message(unknown)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "same.flac").symlink_to(clip.path)
+    clash = run_cli("transcribe", str(tmp_path / "a" / "same.flac"),
+                    str(tmp_path / "b" / "same.flac"), "-o", str(tmp_path), expect=2)  # fmt: skip
+    assert "same.txt" in message(clash)
+
+
+def test_models_lists_the_catalog_and_where_the_weights_are(run_cli, harken_home):
+    listing = json.loads(run_cli("models", "--json").stdout)
+    by_name = {row["name"]: row for row in listing}
+    assert by_name["whisper-base"]["default"] is True
+    assert by_name["whisper-base"]["aliases"] == ["mimo-v2.5-asr", "whisper-1"]
+    assert str(harken_home) in by_name["whisper-base"]["weights"]
+    assert (Path(by_name["whisper-tiny.en"]["weights"]) / "model.bin").is_file()
+    text = run_cli("models").stdout
+    assert "whisper-tiny.en" in text and "weights:" in text
