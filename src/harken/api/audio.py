@@ -236,7 +236,11 @@ async def transcriptions(
         prompt=prompt,
         response_format=response_format,
         temperature=temperature,
-        granularities=[*timestamp_granularities, *timestamp_granularities_plain],
+        granularities=[
+            g.strip()
+            for g in (*timestamp_granularities, *timestamp_granularities_plain)
+            if g.strip()  # form clients send an unset list as one empty value
+        ],
         stream=stream,
         hotwords=hotwords,
     )
