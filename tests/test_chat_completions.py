@@ -195,7 +195,7 @@ def test_tolerated_fields_are_ignored(server, speech):
             user="u1",
             n=1,
             some_future_field=True,
-        ),  # fmt: skip
+        ),
     )
     assert body.status_code == 200
     assert "forward" in body.json()["choices"][0]["message"]["content"].lower()
@@ -255,7 +255,7 @@ BAD_REQUESTS = [
         "invalid_audio",
         "messages.0.content.0.input_audio.data",
         id="bad-base64",
-    ),  # fmt: skip
+    ),
     pytest.param(
         mimo_request(
             {
@@ -270,7 +270,7 @@ BAD_REQUESTS = [
         "invalid_audio",
         "messages.0.content.0.input_audio.data",
         id="data-url-not-audio",
-    ),  # fmt: skip
+    ),
     pytest.param(
         mimo_request(
             {
@@ -285,28 +285,28 @@ BAD_REQUESTS = [
         "invalid_audio",
         None,
         id="corrupt-wav",
-    ),  # fmt: skip
+    ),
     pytest.param(
         mimo_request({"type": "input_audio", "input_audio": {"data": "data:audio/wav;base64,"}}),
         400,
         "invalid_audio",
         None,
         id="empty-audio",
-    ),  # fmt: skip
+    ),
     pytest.param(
         mimo_request({"type": "input_audio", "input_audio": {"data": "https://x.test/a.wav"}}),
         400,
         "invalid_audio",
         None,
         id="url-not-fetched",
-    ),  # fmt: skip
+    ),
     pytest.param(
         mimo_request({"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}),
         400,
         None,
         None,
         id="unsupported-part",
-    ),  # fmt: skip
+    ),
 ]
 
 
