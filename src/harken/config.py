@@ -68,9 +68,13 @@ class Settings(BaseSettings):
     max_upload_mb: float = 25.0
     max_audio_seconds: float = 3 * 3600.0
 
-    # --- scheduling
-    workers: int = 1
+    # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
+    workers: int = 1  # model workers; each runs one (batched) model call at a time
+    threads_per_worker: int = Field(0, ge=0)  # 0: cpu_threads (or every core) split evenly
+    batch_size: int = Field(8, ge=1)  # windows of different requests per model call; 1: off
+    max_active: int = Field(0, ge=0)  # requests decoding at once; 0: workers × batch_size
     max_queue: int = 64
+    request_timeout_seconds: float = Field(3600.0, ge=0.0)  # per-request deadline; 0: none
     shutdown_grace_seconds: float = 30.0
 
     @field_validator("api_keys", "cors_origins", mode="before")
@@ -94,6 +98,11 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    @property
+    def active_jobs(self) -> int:
+        """Requests decoding at once: by default enough to fill every worker's batch."""
+        return self.max_active or max(1, self.workers) * self.batch_size
 
     @property
     def max_payload_bytes(self) -> int:

@@ -13,6 +13,8 @@ from harken import __version__
 from harken.api import audio, chat, health, models, web
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
+from harken.api.metrics import router as metrics_router
+from harken.api.observability import ObservabilityMiddleware
 from harken.config import Settings
 from harken.service.transcription import TranscriptionService
 
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.settings = settings
+    app.state.metrics = service.scheduler.metrics
     install_error_handlers(app)
 
     def limit_for(path: str) -> int:
@@ -60,9 +63,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "api-key", "content-type"],
         )
+    # Outermost: every response gets a request id, a log line and its metrics.
+    app.add_middleware(ObservabilityMiddleware, metrics=service.scheduler.metrics)
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(chat.router)
+    app.include_router(metrics_router)
     app.include_router(web.router)  # the page at `/`; needs no key, asks for one
     app.include_router(audio.router)
     return app

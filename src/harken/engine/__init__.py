@@ -40,6 +40,8 @@ def load_transcriber(entry: ModelEntry, settings: Settings) -> Transcriber:
             cpu_threads=settings.cpu_threads,
             beam_size=entry.config.beam_size or settings.beam_size,
             max_concurrency=settings.workers,
+            threads_per_worker=settings.threads_per_worker,
+            batch_size=settings.batch_size,
             download_root=settings.home / "hub",
         )
     raise ValueError(f"unknown backend {entry.backend!r}")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harken.engine.batching import BatchingWhisper
+from harken.engine.batching import install as install_batching
 from harken.engine.types import (
     Segment,
     Transcription,
@@ -49,6 +51,8 @@ class FasterWhisperTranscriber:
         cpu_threads: int = 0,
         beam_size: int = 5,
         max_concurrency: int = 1,
+        threads_per_worker: int = 0,
+        batch_size: int = 1,
         download_root: Path | None = None,
     ) -> None:
         from faster_whisper import WhisperModel
@@ -61,6 +65,7 @@ class FasterWhisperTranscriber:
         threads = cpu_threads or os.cpu_count() or 1
         if self.device == "cpu" and self.max_concurrency > 1:
             threads = max(1, threads // self.max_concurrency)
+        threads = threads_per_worker or threads
         self._model = WhisperModel(
             str(weights),
             device=self.device,
@@ -70,11 +75,18 @@ class FasterWhisperTranscriber:
             download_root=str(download_root) if download_root else None,
             local_files_only=isinstance(weights, Path),
         )
+        # Windows of concurrent requests share model calls (engine/batching.py). CPU only:
+        # the batcher moves encoder outputs through host memory.
+        self.batcher: BatchingWhisper | None = None
+        if batch_size > 1 and self.device == "cpu":
+            self.batcher = install_batching(
+                self._model, max_batch=batch_size, executors=self.max_concurrency
+            )
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self._tokenizer = self._model.hf_tokenizer
         log.info(
-            "loaded %s on %s (%s, %d threads, %d workers)",
-            name, self.device, self.compute_type, threads, self.max_concurrency,
+            "loaded %s on %s (%s, %d threads, %d workers, batches of %d)",
+            name, self.device, self.compute_type, threads, self.max_concurrency, batch_size,
         )  # fmt: skip
 
     def supported_languages(self) -> frozenset[str]:

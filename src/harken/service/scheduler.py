@@ -1,19 +1,31 @@
-"""Runs blocking model work on worker threads, with admission control and cancellation.
+"""Runs blocking model work on worker threads, with admission control, deadlines and
+cancellation.
 
-The event loop never runs model code. Each admitted job holds one place until it ends; when
-every worker is busy and the queue is full, new work is refused at once with a 429 instead of
-piling up memory and timing out.
+The event loop never runs model code. Up to `max_active` jobs decode at once, each on its own
+thread; their model calls meet in the engine's batcher (engine/batching.py), which runs the
+windows of several requests as one batch, so the threads are cheap and the CPU does the
+batched work. Up to `max_queue` more jobs wait, first come first served. Beyond that, new work
+is refused at once with a 429 and a `Retry-After`, instead of piling up memory and timing out.
+Every job has a deadline from the moment it is admitted; past it the job is cancelled and the
+client gets a 504.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from harken.errors import Overloaded, RateLimited
+from harken.engine.batching import cancel_scope
+from harken.errors import HarkenError, Overloaded, RateLimited
+from harken.service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from harken.config import Settings
 
 T = TypeVar("T")
 H = TypeVar("H")
@@ -21,17 +33,47 @@ H = TypeVar("H")
 _HEAD, _ITEM, _ERROR, _DONE = range(4)
 
 
+class DeadlineExceeded(HarkenError):
+    """The request ran past the server's per-request deadline and was stopped."""
+
+    status = 504
+    type = "server_error"
+    code = "deadline_exceeded"
+
+
 class Scheduler:
-    def __init__(self, workers: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        workers: int,
+        max_queue: int,
+        *,
+        max_active: int | None = None,
+        deadline_seconds: float | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.workers = max(1, workers)
-        self.capacity = self.workers + max(0, max_queue)
-        self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="harken-engine")
+        self.max_active = max(1, max_active or self.workers)
+        self.capacity = self.max_active + max(0, max_queue)
+        self.deadline_seconds = deadline_seconds if deadline_seconds else None
+        self.metrics = metrics or Metrics()
+        self.metrics.watch_scheduler(self)
+        self._executor = ThreadPoolExecutor(self.max_active, thread_name_prefix="harken-job")
         self._admitted = 0
         self._running = 0
         self._lock = threading.Lock()
         self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._recent_job_seconds = 5.0  # a moving average, for Retry-After
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Scheduler:
+        return cls(
+            settings.workers,
+            settings.max_queue,
+            max_active=settings.active_jobs,
+            deadline_seconds=settings.request_timeout_seconds,
+        )
 
     @property
     def admitted(self) -> int:
@@ -42,14 +84,25 @@ class Scheduler:
     def running(self) -> int:
         return self._running
 
+    @property
+    def waiting(self) -> int:
+        return max(0, self._admitted - self._running)
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely to free up: the queue ahead, at the recent pace."""
+        rounds = (self.waiting + 1) / self.max_active
+        return max(1, min(60, math.ceil(self._recent_job_seconds * rounds)))
+
     def _admit(self) -> None:
         if self._closing:
             raise Overloaded("The server is shutting down and takes no new work.")
         with self._lock:
             if self._admitted >= self.capacity:
+                self.metrics.jobs.labels("rejected").inc()
                 raise RateLimited(
-                    "The server is at capacity; retry after a short wait.",
-                    headers={"Retry-After": "1"},
+                    f"The server is at capacity ({self.capacity} requests in progress or "
+                    "waiting); retry after the time in the Retry-After header.",
+                    headers={"Retry-After": str(self.retry_after())},
                 )
             self._admitted += 1
             self._idle.clear()
@@ -60,13 +113,24 @@ class Scheduler:
             if self._admitted == 0:
                 self._idle.set()
 
+    def _deadline(self) -> float | None:
+        if self.deadline_seconds is None:
+            return None
+        return time.monotonic() + self.deadline_seconds
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking call on a worker thread (admitted like any job)."""
         self._admit()
         try:
-            return await asyncio.get_running_loop().run_in_executor(
+            future = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._counted, fn, args
             )
+            if self.deadline_seconds is None:
+                return await future
+            try:
+                return await asyncio.wait_for(future, self.deadline_seconds)
+            except TimeoutError:
+                raise _deadline_error(self.deadline_seconds) from None
         finally:
             self._release()
 
@@ -83,11 +147,11 @@ class Scheduler:
         """Start a job whose `start()` returns a head value and an iterator of results.
 
         Returns once the head is known (for a transcription: the detected language), with the
-        results still being produced. Closing the stream, or the client going away, stops the
-        job before its next result.
+        results still being produced. Closing the stream, the client going away, or the
+        deadline passing stops the job before its next model call.
         """
         self._admit()
-        job: JobStream[H, T] = JobStream(self._release)
+        job: JobStream[H, T] = JobStream(self._release, self._deadline(), self._finished)
         try:
             asyncio.get_running_loop().run_in_executor(
                 self._executor, self._counted, job._produce, (start,)
@@ -97,6 +161,19 @@ class Scheduler:
             await job.aclose()
             raise
         return job
+
+    def _finished(self, job: JobStream[Any, Any], outcome: str) -> None:
+        """Called on the worker thread when a job lets go of its place."""
+        self.metrics.jobs.labels(outcome).inc()
+        if job.started_at is None:
+            return
+        busy = time.monotonic() - job.started_at
+        self.metrics.queue_wait.observe(job.started_at - job.admitted_at)
+        self._recent_job_seconds = 0.8 * self._recent_job_seconds + 0.2 * busy
+        duration = getattr(job.head_value, "duration", None)  # a TranscriptionInfo's
+        if outcome == "ok" and isinstance(duration, float | int) and duration > 0:
+            self.metrics.audio_seconds.inc(duration)
+            self.metrics.real_time_factor.observe(busy / duration)
 
     async def drain(self, timeout: float) -> bool:
         """Stop admitting work and wait up to `timeout` s for what was admitted to finish."""
@@ -112,18 +189,35 @@ class Scheduler:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _deadline_error(seconds: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"The request took longer than this server's limit of {seconds:g} s and was stopped; "
+        "send shorter audio or retry when the server is less busy."
+    )
+
+
 class JobStream(Generic[H, T]):
     """The consumer's end of a streaming job: `head`, then async iteration over the results."""
 
     head: H
 
-    def __init__(self, release: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        release: Callable[[], None],
+        deadline: float | None = None,
+        finished: Callable[[JobStream[Any, Any], str], None] | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._cancelled = threading.Event()
         self._finished = threading.Event()
         self._release = release
         self._released = False
+        self._deadline = deadline
+        self._on_finished = finished
+        self.admitted_at = time.monotonic()
+        self.started_at: float | None = None
+        self.head_value: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -137,21 +231,30 @@ class JobStream(Generic[H, T]):
             self._cancelled.set()
 
     def _produce(self, start: Callable[[], tuple[H, Iterator[T]]]) -> None:
+        outcome = "cancelled"
         try:
             if self._cancelled.is_set():
                 return
-            head, items = start()
-            self._post(_HEAD, head)
-            for item in items:
-                if self._cancelled.is_set():
-                    break
-                self._post(_ITEM, item)
+            self.started_at = time.monotonic()
+            with cancel_scope(self._cancelled):
+                head, items = start()
+                self.head_value = head
+                self._post(_HEAD, head)
+                for item in items:
+                    if self._cancelled.is_set():
+                        break
+                    self._post(_ITEM, item)
+                else:
+                    outcome = "ok"
         except BaseException as exc:
+            outcome = "cancelled" if self._cancelled.is_set() else "error"
             self._post(_ERROR, exc)
         else:
             self._post(_DONE, None)
         finally:
             self._finished.set()
+            if self._on_finished is not None:
+                self._on_finished(self, outcome)
             try:
                 self._loop.call_soon_threadsafe(self._release_once)
             except RuntimeError:
@@ -163,8 +266,17 @@ class JobStream(Generic[H, T]):
             self._release()
 
     # -- consumer side (event loop)
+    async def _next(self) -> tuple[int, Any]:
+        if self._deadline is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), self._deadline - time.monotonic())
+        except TimeoutError:
+            self._cancelled.set()
+            raise _deadline_error(self._deadline - self.admitted_at) from None
+
     async def _wait_head(self) -> None:
-        kind, value = await self._queue.get()
+        kind, value = await self._next()
         if kind == _ERROR:
             raise value
         if kind != _HEAD:
@@ -177,7 +289,7 @@ class JobStream(Generic[H, T]):
     async def _iterate(self) -> AsyncIterator[T]:
         try:
             while True:
-                kind, value = await self._queue.get()
+                kind, value = await self._next()
                 if kind == _ITEM:
                     yield value
                 elif kind == _ERROR:

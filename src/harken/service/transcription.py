@@ -61,7 +61,8 @@ class TranscriptionService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = Catalog(settings)
-        self.scheduler = Scheduler(settings.workers, settings.max_queue)
+        self.scheduler = Scheduler.from_settings(settings)
+        self.scheduler.metrics.watch_engines(self.transcribers)
         self._keys = [k.encode() for k in settings.all_api_keys()]
         self._models: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -129,6 +130,10 @@ class TranscriptionService:
 
     def loaded_models(self) -> list[str]:
         return list(self._models)
+
+    def transcribers(self) -> dict[str, Transcriber]:
+        """The loaded models by name (the metrics read their batchers)."""
+        return {name: loaded.transcriber for name, loaded in self._models.items()}
 
     # --- audio
     async def decode(self, data: bytes) -> np.ndarray:

@@ -1,0 +1,233 @@
+"""Cross-request batching for CTranslate2 Whisper models.
+
+faster-whisper decodes one 30-second window at a time: encode the window, then generate its
+tokens. Many requests running at once each make those two calls from their own thread.
+`BatchingWhisper` stands in for the CTranslate2 model those threads call: it gathers the calls
+that are waiting at the same moment into one batched call (several windows of several requests
+in one encoder pass, one beam search), then hands every caller its own row of the result.
+
+Each request keeps faster-whisper's own sequential logic (seek, previous-text prompt,
+temperature fallback, word timestamps), so its transcript is the one the raw engine gives:
+only the matrix work is shared. A long file submits one window per round, so windows of short
+requests that arrive meanwhile join the next batch instead of waiting for the whole file.
+
+What is batched together must agree on everything CTranslate2 applies to the whole batch: the
+decoding options, and (a CTranslate2 limit) the position of <|startoftranscript|> in the prompt.
+Calls that differ run in separate batches, oldest first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# How long the dispatcher waits, after a batch, for the callers it just served to come back
+# with their next call (they run a little Python between calls). Long enough to gather them,
+# short enough that a lone request never notices.
+LINGER_SECONDS = 0.004
+
+
+class Cancelled(Exception):
+    """The job this thread works for was cancelled; raised instead of starting more work."""
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
+    """Model calls made by this thread inside the block stop with `Cancelled` once `cancelled`
+    is set, so a cancelled long file gives up its place in the next batch."""
+    previous = getattr(_local, "cancelled", None)
+    _local.cancelled = cancelled
+    try:
+        yield
+    finally:
+        _local.cancelled = previous
+
+
+def _check_cancelled() -> None:
+    event: threading.Event | None = getattr(_local, "cancelled", None)
+    if event is not None and event.is_set():
+        raise Cancelled()
+
+
+@dataclass
+class _Call:
+    key: tuple[Any, ...]
+    payload: Any
+    caller: int
+    submitted: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did, read by the metrics endpoint."""
+
+    batches: Counter[tuple[str, int]] = field(default_factory=Counter)  # (kind, size) → count
+    windows: int = 0
+    busy: int = 0
+    busy_seconds: float = 0.0
+
+
+class BatchingWhisper:
+    """A drop-in for `ctranslate2.models.Whisper` whose `encode` and `generate` are batched
+    across threads. Every other attribute is the wrapped model's."""
+
+    def __init__(self, model: Any, *, sot_token: int, max_batch: int, executors: int = 1) -> None:
+        self._model = model
+        self.sot_token = sot_token
+        self.max_batch = max(1, max_batch)
+        self.stats = BatchStats()
+        self._cond = threading.Condition()
+        self._pending: list[_Call] = []
+        self._expected = 0  # callers served by the last batch, likely to call again soon
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._dispatch, name=f"harken-batcher-{i}", daemon=True)
+            for i in range(max(1, executors))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    # --- the two calls faster-whisper makes per window
+    def encode(self, features: Any, to_cpu: bool = False) -> Any:
+        array = np.asarray(features, dtype=np.float32)
+        if array.ndim == 2:
+            array = array[None]
+        if array.shape[0] != 1:
+            return self._model.encode(features, to_cpu=to_cpu)
+        return self._submit(("encode",), array[0])
+
+    def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> Any:
+        if len(prompts) != 1 or options.get("asynchronous"):
+            return self._model.generate(features, prompts, **options)
+        prompt = list(prompts[0])
+        sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
+        key = ("generate", sot, _freeze(options))
+        array = np.asarray(features, dtype=np.float32)
+        return [self._submit(key, (array[0], prompt))]
+
+    # --- the callers' side
+    def _submit(self, key: tuple[Any, ...], payload: Any) -> Any:
+        _check_cancelled()
+        call = _Call(key, payload, threading.get_ident())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model has been unloaded")
+            self._pending.append(call)
+            self._cond.notify_all()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    # --- the dispatcher's side
+    def _dispatch(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self.stats.busy += 1
+            started = time.monotonic()
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self.stats.busy -= 1
+                    self.stats.busy_seconds += time.monotonic() - started
+                    self._expected = max(self._expected, len({c.caller for c in batch}))
+                for call in batch:
+                    call.done.set()
+
+    def _next_batch(self) -> list[_Call] | None:
+        """Called with the lock held: wait for work, linger briefly for returning callers,
+        then take the oldest call and every pending call that can share its batch."""
+        while not self._pending:
+            if self._closed:
+                return None
+            self._cond.wait()
+        deadline = time.monotonic() + LINGER_SECONDS
+        while len(self._pending) < min(self._expected, self.max_batch):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        self._expected = 0
+        first = self._pending[0]
+        batch = [c for c in self._pending if c.key == first.key][: self.max_batch]
+        taken = {id(c) for c in batch}
+        self._pending = [c for c in self._pending if id(c) not in taken]
+        return batch
+
+    def _run(self, batch: list[_Call]) -> None:
+        kind = batch[0].key[0]
+        try:
+            if kind == "encode":
+                results = self._encode_batch([c.payload for c in batch])
+            else:
+                results = self._generate_batch(batch[0].key[2], [c.payload for c in batch])
+        except BaseException as exc:
+            for call in batch:
+                call.error = exc
+            return
+        for call, result in zip(batch, results, strict=True):
+            call.result = result
+        self.stats.batches[(kind, len(batch))] += 1
+        if kind == "encode":
+            self.stats.windows += len(batch)
+
+    def _encode_batch(self, windows: list[np.ndarray]) -> list[Any]:
+        import ctranslate2
+
+        stacked = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(windows)))
+        output = np.asarray(self._model.encode(stacked, to_cpu=True))
+        rows = [np.ascontiguousarray(row[None]) for row in output]
+        return [ctranslate2.StorageView.from_array(row) for row in rows]
+
+    def _generate_batch(
+        self, frozen: tuple[tuple[str, Any], ...], items: list[tuple[np.ndarray, list[int]]]
+    ) -> list[Any]:
+        import ctranslate2
+
+        features = ctranslate2.StorageView.from_array(
+            np.ascontiguousarray(np.stack([encoded for encoded, _ in items]))
+        )
+        options = {name: list(value) if isinstance(value, tuple) else value
+                   for name, value in frozen}  # fmt: skip
+        return self._model.generate(features, [prompt for _, prompt in items], **options)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in options.items()))
+
+
+def install(whisper_model: Any, *, max_batch: int, executors: int = 1) -> BatchingWhisper:
+    """Put a batching stand-in between a faster-whisper `WhisperModel` and its CTranslate2 model."""
+    batching = BatchingWhisper(
+        whisper_model.model,
+        sot_token=whisper_model.hf_tokenizer.token_to_id("<|startoftranscript|>"),
+        max_batch=max_batch,
+        executors=executors,
+    )
+    whisper_model.model = batching
+    return batching
