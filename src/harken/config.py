@@ -7,13 +7,15 @@ module reads the environment.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -37,6 +39,10 @@ class ModelConfig(BaseModel):
     beam_size: int | None = None
 
 
+# Lists from the environment are comma-separated ("a,b"); a JSON list ("[...]") works too.
+CommaList = Annotated[list[str], NoDecode]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="HARKEN_", env_nested_delimiter="__", extra="ignore"
@@ -46,14 +52,14 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     insecure_no_auth: bool = False
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: CommaList = Field(default_factory=list)
     api_keys_file: Path | None = None
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: CommaList = Field(default_factory=list)
 
     # --- models
     home: Path = Field(default_factory=_default_home)
     default_model: str = "whisper-base"
-    preload: list[str] = Field(default_factory=lambda: ["whisper-base"])
+    preload: CommaList = Field(default_factory=lambda: ["whisper-base"])
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
 
@@ -68,6 +74,13 @@ class Settings(BaseSettings):
     max_upload_mb: float = 25.0
     max_audio_seconds: float = 3 * 3600.0
 
+    # --- long audio: cut at pauses found by Silero VAD (requests may override: chunking_strategy)
+    vad_enabled: bool = True
+    vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    vad_min_silence_ms: int = Field(500, ge=0)
+    vad_speech_pad_ms: int = Field(200, ge=0)
+    vad_max_piece_seconds: float = Field(30.0, ge=5.0, le=30.0)
+
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
     workers: int = 1  # model workers; each runs one (batched) model call at a time
     threads_per_worker: int = Field(0, ge=0)  # 0: cpu_threads (or every core) split evenly
@@ -77,10 +90,12 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(3600.0, ge=0.0)  # per-request deadline; 0: none
     shutdown_grace_seconds: float = 30.0
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
+    def _split_commas(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str) and cls.model_fields[info.field_name].annotation == list[str]:
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
