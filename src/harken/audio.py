@@ -82,6 +82,44 @@ def decode_audio(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
     return np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
 
 
+def decode_pcm16(data: bytes, *, max_seconds: float | None = None) -> np.ndarray:
+    """All of `data` decoded to one int16 array of 16 kHz mono samples.
+
+    What the server keeps of a request's audio: half the memory of float32 (an hour is 115 MB),
+    converted to float32 only a model window at a time. The samples are gathered in fixed
+    blocks and copied into the result one block at a time, each freed as it is copied, so the
+    peak stays near the final size instead of twice it.
+    """
+    blocks: list[np.ndarray | None] = []
+    block = np.empty(_PCM_BLOCK, dtype=np.int16)
+    used = 0
+    for chunk in iter_audio_chunks(data, max_seconds=max_seconds):
+        pcm = _float_to_pcm16(chunk)
+        while pcm.shape[0]:
+            take = min(pcm.shape[0], _PCM_BLOCK - used)
+            block[used : used + take] = pcm[:take]
+            used += take
+            pcm = pcm[take:]
+            if used == _PCM_BLOCK:
+                blocks.append(block)
+                block = np.empty(_PCM_BLOCK, dtype=np.int16)
+                used = 0
+    total = len(blocks) * _PCM_BLOCK + used
+    out = np.empty(total, dtype=np.int16)
+    for index in range(len(blocks)):
+        out[index * _PCM_BLOCK : (index + 1) * _PCM_BLOCK] = blocks[index]
+        blocks[index] = None
+    out[total - used :] = block[:used]
+    return out
+
+
+_PCM_BLOCK = 1 << 20  # samples (65 s, 2 MiB) per storage block while decoding
+
+
+def _float_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    return np.rint(np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
 def _to_mono_float(frame: av.AudioFrame) -> np.ndarray:
     samples = frame.to_ndarray().reshape(-1).astype(np.float32, copy=False)
     if not np.isfinite(samples).all():

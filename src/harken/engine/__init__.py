@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from harken.catalog import ModelEntry
 from harken.config import Settings
+from harken.engine.longform import transcribe_long
+from harken.engine.segmentation import Piece, SegmentationOptions
 from harken.engine.types import (
     Segment,
     Transcriber,
@@ -17,13 +19,16 @@ from harken.engine.types import (
 )
 
 __all__ = [
+    "Piece",
     "Segment",
+    "SegmentationOptions",
     "Transcriber",
     "Transcription",
     "TranscriptionInfo",
     "TranscriptionOptions",
     "Word",
     "load_transcriber",
+    "transcribe_long",
 ]
 
 

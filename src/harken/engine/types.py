@@ -8,6 +8,8 @@ from typing import Literal, Protocol
 
 import numpy as np
 
+from harken.engine.segmentation import SegmentationOptions
+
 Task = Literal["transcribe", "translate"]
 
 
@@ -45,6 +47,8 @@ class TranscriptionOptions:
     temperature: float | None = None  # None: the engine's fallback schedule
     word_timestamps: bool = False
     beam_size: int | None = None  # None: the model's configured default
+    # How long audio is cut into pieces; None: the server's configured default.
+    segmentation: SegmentationOptions | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,9 @@ class Transcriber(Protocol):
     def supported_languages(self) -> frozenset[str]: ...
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
-        """Start transcribing 16 kHz mono float32 `audio`. Blocking; call off the event loop."""
+        """Start transcribing 16 kHz mono float32 `audio` of at most a few minutes (long audio
+        goes through `engine.longform`, which calls this piece by piece). Blocking; call off
+        the event loop."""
         ...
 
     def count_tokens(self, text: str) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 
 from harken.engine.batching import BatchingWhisper
 from harken.engine.batching import install as install_batching
+from harken.engine.segmentation import as_float32
 from harken.engine.types import (
     Segment,
     Transcription,
@@ -100,7 +101,7 @@ class FasterWhisperTranscriber:
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
         temperature = _TEMPERATURE_FALLBACK if options.temperature is None else options.temperature
         segments, info = self._model.transcribe(
-            audio,
+            as_float32(audio),
             language=options.language,
             task=options.task,
             beam_size=options.beam_size or self.beam_size,

@@ -8,24 +8,30 @@ transcript) call it with dialect-free values.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
+import json
 import logging
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from harken.audio import SAMPLE_RATE, decode_audio
+from harken.audio import SAMPLE_RATE, decode_pcm16
 from harken.catalog import Catalog, ModelEntry, WeightsUnavailable
 from harken.config import Settings
 from harken.engine import (
+    Piece,
     Segment,
+    SegmentationOptions,
     Transcriber,
     TranscriptionInfo,
     TranscriptionOptions,
     load_transcriber,
+    transcribe_long,
 )
 from harken.errors import InvalidRequest, Overloaded, UnsupportedLanguage
 from harken.formats import TextJoiner  # noqa: F401 (the one joining rule, re-exported)
@@ -70,6 +76,16 @@ class TranscriptionService:
         self.load_error: str | None = None
         self.shutting_down = False
         self.started_at = int(time.time())
+        self.segmentation = SegmentationOptions(
+            enabled=settings.vad_enabled,
+            threshold=settings.vad_threshold,
+            min_silence_ms=settings.vad_min_silence_ms,
+            speech_pad_ms=settings.vad_speech_pad_ms,
+            max_piece_seconds=settings.vad_max_piece_seconds,
+            min_audio_seconds=settings.vad_max_piece_seconds,
+        )
+        # Pieces of audio handed to a model so far (progress; tests see work stop with it).
+        self.pieces_started = 0
 
     # --- lifecycle
     async def preload(self) -> None:
@@ -137,10 +153,22 @@ class TranscriptionService:
 
     # --- audio
     async def decode(self, data: bytes) -> np.ndarray:
-        """Decode off the event loop, capped at the configured duration."""
+        """Decode off the event loop, capped at the configured duration, into int16 samples
+        (half the memory of float32; models get float32 a window at a time)."""
         return await asyncio.to_thread(
-            decode_audio, data, max_seconds=self.settings.max_audio_seconds
+            decode_pcm16, data, max_seconds=self.settings.max_audio_seconds
         )
+
+    def chunking(self, value: Any) -> SegmentationOptions:
+        """The segmentation a request asks for with OpenAI's `chunking_strategy`.
+
+        Absent: the server's configured default (long audio is always cut at pauses unless
+        the operator turned VAD off). "auto": VAD with the server's settings.
+        {"type": "server_vad", "threshold", "prefix_padding_ms", "silence_duration_ms"}: VAD
+        with those (the padding kept around speech, and the pause that ends speech).
+        A JSON string of either form is accepted too, as multipart forms carry it so.
+        """
+        return parse_chunking_strategy(value, self.segmentation)
 
     # --- options
     def resolve_language(self, model: LoadedModel, value: str | None, param: str) -> str | None:
@@ -179,11 +207,26 @@ class TranscriptionService:
         if self.shutting_down:
             raise Overloaded("The server is shutting down and takes no new work.")
 
+        if options.segmentation is None:
+            options = dataclasses.replace(options, segmentation=self.segmentation)
+        # The job is only known once it has started; until then nobody can have left.
+        jobs: list[JobStream[TranscriptionInfo, Segment]] = []
+
+        def should_stop() -> bool:
+            return bool(jobs) and jobs[0].cancelled
+
+        def on_piece(piece: Piece) -> None:
+            self.pieces_started += 1
+
         def start() -> tuple[TranscriptionInfo, Iterator[Segment]]:
-            result = model.transcriber.transcribe(audio, options)
+            result = transcribe_long(
+                model.transcriber, audio, options, should_stop=should_stop, on_piece=on_piece
+            )
             return result.info, result.segments
 
-        return await self.scheduler.stream(start)
+        job = await self.scheduler.stream(start)
+        jobs.append(job)
+        return job
 
     def count_tokens(self, model: LoadedModel, text: str) -> int:
         return model.transcriber.count_tokens(text)
@@ -191,3 +234,57 @@ class TranscriptionService:
 
 def duration_of(audio: np.ndarray) -> float:
     return audio.shape[0] / SAMPLE_RATE
+
+
+_SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
+
+
+def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> SegmentationOptions:
+    """OpenAI's `chunking_strategy` (None, "auto", a server_vad object, or either as JSON
+    text) as segmentation options; 400 naming the field for anything else."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return dataclasses.replace(default, enabled=True)
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise _bad_chunking() from None
+        if value == "auto":
+            return dataclasses.replace(default, enabled=True)
+    if not isinstance(value, dict) or value.get("type") != "server_vad":
+        raise _bad_chunking()
+    unknown = set(value) - _SERVER_VAD_KEYS
+    if unknown:
+        raise _bad_chunking(f"unknown key {sorted(unknown)[0]!r}")
+    changes: dict[str, Any] = {"enabled": True}
+    threshold = value.get("threshold")
+    if threshold is not None:
+        if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+            raise _bad_chunking("threshold must be a number from 0 to 1")
+        changes["threshold"] = float(threshold)
+    for key, field in (
+        ("prefix_padding_ms", "speech_pad_ms"),
+        ("silence_duration_ms", "min_silence_ms"),
+    ):
+        amount = value.get(key)
+        if amount is not None:
+            if not _is_number(amount) or not 0 <= amount <= 10_000:
+                raise _bad_chunking(f"{key} must be a number of milliseconds from 0 to 10000")
+            changes[field] = int(amount)
+    return dataclasses.replace(default, **changes)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _bad_chunking(detail: str | None = None) -> InvalidRequest:
+    return InvalidRequest(
+        'chunking_strategy must be "auto" or {"type": "server_vad", "threshold": 0.5, '
+        '"prefix_padding_ms": 300, "silence_duration_ms": 500}'
+        + (f": {detail}." if detail else "."),
+        param="chunking_strategy",
+    )

@@ -1,0 +1,228 @@
+"""Where to cut long audio: pieces of at most ~30 s that begin and end in pauses.
+
+Whisper reads 30-second windows. Cutting a long recording into fixed windows splits words at
+the seams (and the model then drops or repeats them); cutting where nobody speaks does not.
+Silero VAD (bundled with faster-whisper) finds the speech; neighbouring stretches of speech are
+joined into pieces up to `max_piece_seconds` long, each a contiguous span of the original audio,
+so a piece's timestamps map back by adding its offset.
+
+Everything here works as a stream over the samples: the VAD runs block by block carrying its
+recurrent state, and each piece is yielded as soon as the audio after it shows where it ends.
+The first piece is therefore known after about its own length of audio, not after a pass over
+the whole file, and no whole-file float32 copy is ever made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+_WINDOW = 512  # Silero's window at 16 kHz
+_CONTEXT = 64  # samples of the previous window Silero sees with each window
+_BLOCK_WINDOWS = 1875  # VAD block: 60 s of audio per ONNX call
+# Pauses longer than this inside a piece are not kept: a new piece starts after them, so the
+# model is not given long silences (where Whisper tends to invent text).
+_MAX_GAP_SECONDS = 3.0
+# Without VAD, audio is still read in windows this long so that memory stays bounded.
+_UNSEGMENTED_WINDOW_SECONDS = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentationOptions:
+    """How long audio is cut into pieces; the defaults are the server's (config: HARKEN_VAD_*)."""
+
+    enabled: bool = True
+    threshold: float = 0.5  # Silero speech probability at or above which a window is speech
+    min_silence_ms: int = 500  # a pause at least this long ends a stretch of speech
+    speech_pad_ms: int = 200  # kept on each side of speech, so word edges are not clipped
+    max_piece_seconds: float = 30.0  # Whisper's window
+    # Audio up to this long is transcribed whole, exactly as before segmentation existed.
+    min_audio_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """A contiguous span of the original audio, in samples: [start, end)."""
+
+    start: int
+    end: int
+
+    @property
+    def offset(self) -> float:
+        return self.start / SAMPLE_RATE
+
+    @property
+    def seconds(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
+
+def as_float32(samples: np.ndarray) -> np.ndarray:
+    """16 kHz samples as float32 in [-1, 1] (int16 PCM is scaled; float input is passed on)."""
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / 32767.0
+    return samples.astype(np.float32, copy=False)
+
+
+def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Piece]:
+    """The pieces to transcribe, in order, produced lazily as the audio is scanned.
+
+    With segmentation off, fixed windows of ten minutes (cut at the quietest moment near their
+    end): the model then runs its own sequential decoding inside each, as on short audio.
+    """
+    total = int(audio.shape[0])
+    if not options.enabled:
+        yield from _fixed_pieces(audio, _UNSEGMENTED_WINDOW_SECONDS)
+        return
+    pad = int(options.speech_pad_ms * SAMPLE_RATE / 1000)
+    max_piece = int(options.max_piece_seconds * SAMPLE_RATE)
+    max_gap = int(_MAX_GAP_SECONDS * SAMPLE_RATE)
+    # A stretch of speech never exceeds one piece once padded.
+    speech = SpeechDetector(
+        threshold=options.threshold,
+        min_silence_samples=int(options.min_silence_ms * SAMPLE_RATE / 1000),
+        max_speech_samples=max_piece - _WINDOW - 2 * pad,
+    )
+    spans = _padded(speech.spans(audio), pad, total)
+    current: Piece | None = None
+    for start, end in spans:
+        if current is None:
+            current = Piece(start, end)
+        elif end - current.start <= max_piece and start - current.end <= max_gap:
+            current = Piece(current.start, end)
+        else:
+            yield current
+            current = Piece(start, end)
+    if current is not None:
+        yield current
+
+
+class SpeechDetector:
+    """Silero VAD over a stream of samples: the speech probabilities block by block (the
+    recurrent state and the 64-sample context carried across blocks), turned into stretches of
+    speech by the same rules as faster-whisper's `get_speech_timestamps`."""
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.5,
+        neg_threshold: float | None = None,
+        min_silence_samples: int = 8000,
+        max_speech_samples: float = float("inf"),
+        min_speech_samples: int = 0,
+    ) -> None:
+        self.threshold = threshold
+        self.neg_threshold = max(threshold - 0.15, 0.01) if neg_threshold is None else neg_threshold
+        self.min_silence_samples = min_silence_samples
+        self.max_speech_samples = max_speech_samples
+        self.min_speech_samples = min_speech_samples
+
+    def probabilities(self, audio: np.ndarray) -> Iterator[np.ndarray]:
+        """Speech probability of each 512-sample window, a block of windows at a time."""
+        from faster_whisper.vad import get_vad_model
+
+        session = get_vad_model().session
+        h = np.zeros((1, 1, 128), dtype=np.float32)
+        c = np.zeros((1, 1, 128), dtype=np.float32)
+        context = np.zeros(_CONTEXT, dtype=np.float32)
+        block = _BLOCK_WINDOWS * _WINDOW
+        for begin in range(0, int(audio.shape[0]), block):
+            samples = as_float32(audio[begin : begin + block])
+            if samples.shape[0] % _WINDOW:
+                samples = np.pad(samples, (0, _WINDOW - samples.shape[0] % _WINDOW))
+            windows = samples.reshape(-1, _WINDOW)
+            contexts = np.concatenate([context[None, :], windows[:-1, -_CONTEXT:]])
+            batch = np.concatenate([contexts, windows], axis=1)
+            out, h, c = session.run(None, {"input": batch, "h": h, "c": c})
+            context = windows[-1, -_CONTEXT:].copy()
+            yield np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def spans(self, audio: np.ndarray) -> Iterator[tuple[int, int]]:
+        """Unpadded stretches of speech as (start, end) samples, each yielded once it ends."""
+        total = int(audio.shape[0])
+        triggered = False
+        start = 0
+        temp_end = prev_end = next_start = 0
+        i = 0
+        for probs in self.probabilities(audio):
+            for prob in probs.tolist():
+                position = _WINDOW * i
+                i += 1
+                if prob >= self.threshold and temp_end:
+                    temp_end = 0
+                    if next_start < prev_end:
+                        next_start = position
+                if prob >= self.threshold and not triggered:
+                    triggered = True
+                    start = position
+                    continue
+                if triggered and position - start > self.max_speech_samples:
+                    # Too long: cut at the last pause of ~100 ms if there was one, else here.
+                    if prev_end:
+                        yield start, prev_end
+                        if next_start < prev_end:
+                            triggered = False
+                        else:
+                            start = next_start
+                        prev_end = next_start = temp_end = 0
+                    else:
+                        yield start, position
+                        prev_end = next_start = temp_end = 0
+                        triggered = False
+                        continue
+                if prob < self.neg_threshold and triggered:
+                    if not temp_end:
+                        temp_end = position
+                    if position - temp_end > 98 * SAMPLE_RATE // 1000:
+                        prev_end = temp_end
+                    if position - temp_end < self.min_silence_samples:
+                        continue
+                    if temp_end - start > self.min_speech_samples:
+                        yield start, temp_end
+                    prev_end = next_start = temp_end = 0
+                    triggered = False
+        if triggered and total - start > self.min_speech_samples:
+            yield start, total
+
+
+def _padded(spans: Iterable[tuple[int, int]], pad: int, total: int) -> Iterator[tuple[int, int]]:
+    """Widen each stretch by `pad` on both sides; where two are closer than 2 × pad, they meet
+    halfway (the padding rule of faster-whisper's VAD). One stretch of look-ahead."""
+    previous: list[int] | None = None
+    for start, end in spans:
+        if previous is None:
+            current = [max(0, start - pad), end]
+        else:
+            gap = start - previous[1]
+            if gap < 2 * pad:
+                previous[1] += gap // 2
+                current = [max(0, start - gap // 2), end]
+            else:
+                previous[1] = min(total, previous[1] + pad)
+                current = [max(0, start - pad), end]
+            yield previous[0], previous[1]
+        previous = current
+    if previous is not None:
+        yield previous[0], min(total, previous[1] + pad)
+
+
+def _fixed_pieces(audio: np.ndarray, window_seconds: float) -> Iterator[Piece]:
+    """Windows of about `window_seconds`, each ended at the quietest 20 ms of its last 10 s."""
+    total = int(audio.shape[0])
+    window = int(window_seconds * SAMPLE_RATE)
+    frame = SAMPLE_RATE // 50
+    search = 10 * SAMPLE_RATE
+    start = 0
+    while start < total:
+        end = start + window
+        if end >= total:
+            yield Piece(start, total)
+            return
+        tail = as_float32(audio[end - search : end])
+        frames = tail[: tail.shape[0] // frame * frame].reshape(-1, frame)
+        quietest = int(np.argmin((frames**2).mean(axis=1)))
+        cut = end - search + quietest * frame + frame // 2
+        yield Piece(start, cut)
+        start = cut
