@@ -1,0 +1,338 @@
+"""Long recordings: cut at pauses, joined without lost or doubled words, streamed as recognised,
+stopped when the client leaves.
+
+The long recording is made here, in a temporary folder, from the speech set: every English clip
+(the 159-second sonnet reading among them) joined with pauses of 0.6 to 25 seconds into more than
+ten minutes, so that where each clip sits in the file (and what it says) is known.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+
+from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
+from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
+from harken.engine.segmentation import plan_pieces
+from harken.errors import InvalidRequest
+from harken.service.transcription import parse_chunking_strategy
+from tests.conftest import Clip, normalize_text
+
+MODEL = "whisper-tiny.en"  # English long-form speed; base is for the benchmark
+GAPS = (1.0, 8.0, 0.6, 18.0, 2.5, 12.0, 1.5, 25.0, 5.0, 15.0)  # seconds of pause, in turn
+MIN_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Placed:
+    clip: Clip
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    samples: np.ndarray  # int16, as the server keeps them
+    placed: tuple[Placed, ...]
+
+    @property
+    def duration(self) -> float:
+        return self.samples.shape[0] / SAMPLE_RATE
+
+
+def join_clips(clips: list[Clip], gaps: tuple[float, ...]) -> tuple[np.ndarray, list[Placed]]:
+    """The clips one after another with pauses between them (faint noise, as in a room)."""
+    rng = np.random.default_rng(4)
+    parts: list[np.ndarray] = []
+    placed = []
+    position = 0
+
+    def pause(seconds: float) -> None:
+        nonlocal position
+        count = int(seconds * SAMPLE_RATE)
+        parts.append(rng.normal(0.0, 0.002, count).astype(np.float32))
+        position += count
+
+    pause(1.0)
+    for index, clip in enumerate(clips):
+        samples = decode_audio(clip.bytes())
+        placed.append(Placed(clip, position / SAMPLE_RATE, (position + len(samples)) / SAMPLE_RATE))
+        parts.append(samples)
+        position += len(samples)
+        pause(gaps[index % len(gaps)])
+    joined = np.concatenate(parts)
+    return np.rint(np.clip(joined, -1, 1) * 32767).astype(np.int16), placed
+
+
+def write_flac(path: Path, samples: np.ndarray) -> None:
+    with av.open(str(path), "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def english(speech: dict[str, Clip]) -> list[Clip]:
+    return [clip for clip in speech.values() if clip.language == "en"]
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory, english: list[Clip]) -> Recording:
+    samples, placed = join_clips(english, GAPS)
+    path = tmp_path_factory.mktemp("long") / "joined.flac"
+    write_flac(path, samples)
+    assert samples.shape[0] / SAMPLE_RATE > MIN_SECONDS
+    return Recording(path, decode_pcm16(path.read_bytes()), tuple(placed))
+
+
+@pytest.fixture(scope="module")
+def one_by_one(server: Any, english: list[Clip]) -> dict[str, str]:
+    """Each clip alone through the raw engine, as Whisper reads it without any cutting."""
+    model = server.service._models[MODEL].transcriber
+    whole = TranscriptionOptions(language="en", segmentation=SegmentationOptions(enabled=False))
+    texts = {}
+    for clip in english:
+        result = transcribe_long(model, decode_pcm16(clip.bytes()), whole)
+        texts[clip.id] = "".join(segment.text for segment in result.segments)
+    return texts
+
+
+def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
+    """Word errors over all clips together, divided by all their words."""
+    import jiwer
+
+    refs = [normalize_text(r) for r in references]
+    hyps = [normalize_text(h) for h in hypotheses]
+    return float(jiwer.wer(refs, hyps))
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: ") and line != "data: [DONE]":
+            yield json.loads(line[6:])
+
+
+# --- where the cuts fall
+def test_pieces_are_short_cut_in_pauses_and_cover_all_speech(recording: Recording):
+    pieces = list(plan_pieces(recording.samples, SegmentationOptions()))
+    assert len(pieces) > 10
+    for before, after in itertools.pairwise(pieces):
+        assert before.end <= after.start  # no audio is read twice
+    for piece in pieces:
+        assert 0 < piece.seconds <= 30.0
+    covered = np.zeros(recording.samples.shape[0], dtype=bool)
+    for piece in pieces:
+        covered[piece.start : piece.end] = True
+    for placed in recording.placed:
+        span = covered[int(placed.start * SAMPLE_RATE) : int(placed.end * SAMPLE_RATE)]
+        # Only a clip's own leading/trailing silence may be left out.
+        assert span.mean() > 0.8, (placed.clip.id, span.mean())
+    # The long pauses are skipped: the model reads far less than the whole file.
+    read = sum(piece.seconds for piece in pieces)
+    assert read < 0.8 * recording.duration, read
+
+
+def test_short_clips_take_the_unchanged_path(server: Any, speech: dict[str, Clip]):
+    """Up to 30 s nothing is cut: the text is exactly the raw engine's."""
+    model = server.service._models[MODEL].transcriber
+    for clip_id in ("jfk_inaugural_1961", "ls_1272-128104-0004_8k", "sphinx_goforward"):
+        audio = decode_pcm16(speech[clip_id].bytes())
+        options = TranscriptionOptions(language="en")
+        raw = "".join(s.text for s in model.transcribe(audio, options).segments)
+        cut = "".join(s.text for s in transcribe_long(model, audio, options).segments)
+        assert cut == raw
+
+
+def test_pcm16_storage_matches_float_decoding(speech: dict[str, Clip]):
+    raw = speech["librivox_shakespeare_sonnets_1-3"].bytes()
+    pcm = decode_pcm16(raw)
+    floats = decode_audio(raw)
+    assert pcm.dtype == np.int16 and pcm.shape == floats.shape
+    assert np.abs(pcm / 32767.0 - floats).max() < 1.5 / 32767
+
+
+# --- accuracy and timestamps of the long run
+@pytest.fixture(scope="module")
+def long_run(openai_client: Any, recording: Recording) -> tuple[Any, float]:
+    started = time.monotonic()
+    with recording.path.open("rb") as f:
+        result = openai_client.audio.transcriptions.create(
+            model=MODEL,
+            file=("joined.flac", f, "audio/flac"),
+            language="en",
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+            timeout=900,
+        )
+    return result, time.monotonic() - started
+
+
+def words_by_clip(words: list[Any], placed: tuple[Placed, ...]) -> dict[str, list[Any]]:
+    """Each recognised word goes to the clip its middle falls in (1 s of slack either side)."""
+    found: dict[str, list[Any]] = {p.clip.id: [] for p in placed}
+    for word in words:
+        middle = (word.start + word.end) / 2
+        owner = next((p for p in placed if p.start - 1.0 <= middle <= p.end + 1.0), None)
+        assert owner is not None, f"word {word.word!r} at {middle:.1f} s is in a pause"
+        found[owner.clip.id].append(word)
+    return found
+
+
+def test_long_run_is_as_accurate_as_the_clips_one_by_one(
+    long_run: tuple[Any, float], recording: Recording, one_by_one: dict[str, str]
+):
+    result, _ = long_run
+    assert abs(result.duration - recording.duration) < 0.1
+    by_clip = words_by_clip(result.words, recording.placed)
+    references = [p.clip.text for p in recording.placed]
+    joined = ["".join(w.word for w in by_clip[p.clip.id]) for p in recording.placed]
+    alone = [one_by_one[p.clip.id] for p in recording.placed]
+    long_wer, alone_wer = corpus_wer(references, joined), corpus_wer(references, alone)
+    print(f"\nWER long run {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    assert long_wer <= 1.1 * alone_wer, (long_wer, alone_wer)
+    # Words are neither lost nor doubled at the joins: the long run's word count per clip is
+    # close to the one-by-one count.
+    for placed, text, single in zip(recording.placed, joined, alone, strict=True):
+        n, m = len(normalize_text(text).split()), len(normalize_text(single).split())
+        assert abs(n - m) <= max(2, 0.1 * m), (placed.clip.id, text, single)
+
+
+def test_each_clip_is_found_where_it_sits(long_run: tuple[Any, float], recording: Recording):
+    result, _ = long_run
+    by_clip = words_by_clip(result.words, recording.placed)
+    for placed in recording.placed:
+        words = by_clip[placed.clip.id]
+        assert words, f"nothing recognised in {placed.clip.id}"
+        assert words[0].start >= placed.start - 1.0, (placed, words[0])
+        assert words[-1].end <= placed.end + 1.0, (placed, words[-1])
+    segments = result.segments
+    assert [s.id for s in segments] == list(range(len(segments)))
+    for before, after in itertools.pairwise(segments):
+        assert before.start <= after.start
+        assert after.start >= before.end - 0.5  # no stretch of audio is told twice
+
+
+# --- streaming and going away
+def test_chat_stream_sends_each_piece_as_it_is_recognised(
+    server: Any, speech: dict[str, Clip], one_by_one: dict[str, str]
+):
+    """The sonnets (159 s) by MiMo's streaming chat: text arrives piece by piece, and the
+    whole is as good as Whisper reading the file in one go."""
+    clip = speech["librivox_shakespeare_sonnets_1-3"]
+    pieces = len(list(plan_pieces(decode_pcm16(clip.bytes()), SegmentationOptions())))
+    service = server.service
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": clip.data_url()}}]}],
+        "asr_options": {"language": "en"},
+        "stream": True,
+    }  # fmt: skip
+    before = service.pieces_started
+    started = time.monotonic()
+    arrivals: list[tuple[float, int]] = []
+    text = ""
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=600) as r:
+        assert r.status_code == 200
+        for event in sse_events(r.iter_lines()):
+            delta = event["choices"][0]["delta"].get("content") if event["choices"] else None
+            if delta:
+                arrivals.append((time.monotonic() - started, service.pieces_started - before))
+                text += delta
+    total = time.monotonic() - started
+    assert pieces >= 5
+    # The first text came while the model had started at most the second of the pieces,
+    # and text kept coming as the later pieces were read.
+    assert arrivals[0][1] <= 2, arrivals
+    assert len({count for _, count in arrivals}) >= pieces - 1, arrivals
+    print(f"\nsonnets: first delta after {arrivals[0][0]:.1f} s of {total:.1f} s")
+    assert arrivals[0][0] < 0.5 * total
+    whole, cut = corpus_wer([clip.text], [one_by_one[clip.id]]), corpus_wer([clip.text], [text])
+    print(f"sonnets WER: pieces {cut:.4f}, whole file {whole:.4f}")
+    assert cut <= 1.1 * whole + 0.005, (cut, whole)
+
+
+def test_client_leaving_mid_stream_stops_the_work(
+    server: Any, recording: Recording, long_run: tuple[Any, float]
+):
+    """Disconnect after the first delta: the engine stops within a piece, long before the end."""
+    service = server.service
+    pieces = len(list(plan_pieces(recording.samples, SegmentationOptions())))
+    before = service.pieces_started
+    started = time.monotonic()
+    with (
+        httpx.Client(timeout=600) as client,
+        recording.path.open("rb") as f,
+        client.stream(
+            "POST",
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": ("joined.flac", f, "audio/flac")},
+            data={"model": MODEL, "language": "en", "stream": "true"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        first = next(e for e in sse_events(response.iter_lines()) if e.get("delta"))
+        first_delta = time.monotonic() - started
+    # The connection is closed here, mid-stream.
+    assert first["type"] == "transcript.text.delta"
+    _, long_total = long_run
+    print(
+        f"\n10-min file: first delta after {first_delta:.1f} s; whole run took {long_total:.1f} s"
+    )
+    assert first_delta < 0.15 * long_total
+
+    deadline = time.monotonic() + 120
+    while service.scheduler.admitted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service.scheduler.admitted == 0, "the job is still running after the client left"
+    done = service.pieces_started - before
+    time.sleep(1.0)
+    assert service.pieces_started - before == done  # and nothing more was started
+    assert done <= 3, (done, pieces)
+    assert pieces > 10
+
+
+# --- chunking_strategy
+def test_chunking_strategy_values():
+    default = SegmentationOptions(enabled=False)
+    assert parse_chunking_strategy(None, default) == default
+    assert parse_chunking_strategy("auto", default) == SegmentationOptions()
+    assert parse_chunking_strategy('"auto"', default).enabled
+    vad = parse_chunking_strategy(
+        {"type": "server_vad", "threshold": 0.3, "prefix_padding_ms": 100,
+         "silence_duration_ms": 800},
+        default,
+    )  # fmt: skip
+    assert (vad.enabled, vad.threshold, vad.speech_pad_ms, vad.min_silence_ms) == (
+        True, 0.3, 100, 800,
+    )  # fmt: skip
+    assert parse_chunking_strategy('{"type": "server_vad"}', default).enabled
+    for bad in ("sometimes", "{", {"type": "fixed"}, {"type": "server_vad", "threshold": 2},
+                {"type": "server_vad", "silence_duration_ms": "long"},
+                {"type": "server_vad", "speed": 1}, ["auto"]):  # fmt: skip
+        with pytest.raises(InvalidRequest) as caught:
+            parse_chunking_strategy(bad, default)
+        assert caught.value.param == "chunking_strategy"
+
+
+def test_sonnets_cut_where_the_reader_pauses(speech: dict[str, Clip]):
+    """A server_vad request with a longer pause rule still cuts the reading into ≤ 30 s."""
+    audio = decode_pcm16(speech["librivox_shakespeare_sonnets_1-3"].bytes())
+    strict = parse_chunking_strategy(
+        {"type": "server_vad", "silence_duration_ms": 1500}, SegmentationOptions()
+    )
+    pieces = list(plan_pieces(audio, strict))
+    assert all(p.seconds <= 30 for p in pieces) and len(pieces) >= 6
