@@ -1,0 +1,159 @@
+"""The web page at `/`, in a real headless Chromium (Debian's package driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import srt
+import webvtt
+
+from tests.conftest import wer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"]  # fmt: skip
+SCREENSHOT = Path("/tmp/harken-web.png")
+
+
+def ensure_chromium() -> None:
+    """Install Debian's chromium on a fresh machine (`make test` does the same); never the
+    browser download of `playwright install`, which needs the network."""
+    if CHROMIUM.exists():
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+            subprocess.run(install, capture_output=True)
+    if not CHROMIUM.exists():
+        pytest.fail("the web tests need Debian's chromium: run `make test` or "
+                    "`apt-get install -y chromium`")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    ensure_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors  # no uncaught JavaScript error on any page
+
+
+def test_the_page_needs_no_key_but_the_api_does(keyed_server):
+    page = httpx.get(f"{keyed_server.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert '<label for="file">' in page.text and '<script src="/web/app.js"' in page.text
+    script = httpx.get(f"{keyed_server.url}/web/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert (
+        httpx.get(f"{keyed_server.url}/web/style.css")
+        .headers["content-type"]
+        .startswith("text/css")
+    )
+    assert httpx.get(f"{keyed_server.url}/v1/models").status_code == 401
+
+
+def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech, page):
+    from playwright.sync_api import expect
+
+    clip = speech["jfk_inaugural_1961"]  # two segments with tiny.en: two deltas
+    page.goto(server.url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    models = page.locator("#model option").all_inner_texts()
+    assert {"whisper-base", "whisper-tiny.en", "mimo-v2.5-asr"} <= set(models)
+    assert page.locator("#transcribe").is_disabled()  # nothing chosen yet
+
+    page.get_by_label("Model").select_option("whisper-tiny.en")
+    page.get_by_label("Language").select_option("en")
+    page.get_by_label("Audio or video file").set_input_files(str(clip.path))
+    expect(page.locator("#audio-info")).to_contain_text(clip.path.name)
+    # Count the text the page appends while the stream is still open.
+    page.evaluate(
+        """() => {
+            window.deltaNodes = 0;
+            new MutationObserver((changes) => {
+                for (const c of changes) window.deltaNodes += [...c.addedNodes]
+                    .filter((n) => n.nodeType === Node.TEXT_NODE).length;
+            }).observe(document.getElementById("transcript"), {childList: true});
+        }"""
+    )
+    page.get_by_role("button", name="Transcribe").click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Done in"), timeout=300_000)
+    text = page.locator("#transcript").inner_text()
+    assert wer(clip.text, text) < 0.25, text
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download SRT").click()
+    download = download_info.value
+    assert download.suggested_filename == "jfk_inaugural_1961.srt"
+    cues = list(srt.parse(Path(download.path()).read_text()))
+    assert cues[0].index == 1 and cues[-1].end.total_seconds() <= clip.duration + 0.5
+    assert wer(clip.text, " ".join(c.content for c in cues)) < 0.25
+    # One delta per segment at least: the text arrived in pieces, not all at the end.
+    assert page.evaluate("window.deltaNodes") >= len(cues) >= 2
+
+    with page.expect_download() as download_info:
+        page.get_by_role("button", name="Download VTT").click()
+    vtt_path = download_info.value.path()
+    captions = webvtt.read(str(vtt_path)).captions
+    assert [c.text for c in captions] == [c.content for c in cues]
+    expect(page.locator("#status")).to_have_text("Downloaded jfk_inaugural_1961.vtt.")
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_asks_for_a_key_when_the_server_has_one(keyed_server, page):
+    from playwright.sync_api import expect
+
+    page.goto(keyed_server.url)
+    key = page.get_by_label("API key")
+    expect(key).to_be_visible()
+    expect(key).to_be_focused()
+    key.fill("sk-wrong")
+    key.press("Enter")
+    expect(page.locator("#key-help")).to_have_text(re.compile("not accepted"))
+    key.fill("sk-test-one")
+    page.get_by_role("button", name="Use this key").click()
+    expect(page.locator("#key-form")).to_be_hidden()
+    expect(page.locator("#model option")).not_to_have_count(0)
+    assert "whisper-tiny.en" in page.locator("#model option").all_inner_texts()
+
+
+def test_keyboard_order_and_labels(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server.url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    order = []
+    for _ in range(5):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("document.activeElement.id || document.activeElement.className"))
+    assert order == ["skip", "file", "record", "model", "language"]
+    # Every form control has a visible label, so screen readers announce what it is for.
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll("input, select")]
+            .filter((el) => el.labels.length === 0).map((el) => el.id)"""
+    )
+    assert unlabelled == []
