@@ -435,7 +435,7 @@ def models(
 
     settings = load_settings(config)
     catalog = Catalog(settings)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, entry in catalog.entries.items():
         rows.append(
             {

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Self, TypeAlias
+from typing import IO, Any, Literal, Self, TypeAlias, cast
 
 import httpx
 
@@ -145,7 +145,8 @@ def mimo_request(
 ) -> dict[str, Any]:
     """The JSON body of a MiMo `mimo-v2.5-asr` chat completion. Several clips are transcribed
     in order and joined with a space; `context` is a text part that biases decoding."""
-    clips = list(audio) if isinstance(audio, list | tuple) else [audio]
+    # A str is a Sequence too: only lists and tuples mean several clips.
+    clips = list(audio) if isinstance(audio, list | tuple) else [cast(AudioInput, audio)]
     content: list[dict[str, Any]] = []
     if context:
         content.append({"type": "text", "text": context})
