@@ -15,13 +15,18 @@ import pytest
 import srt
 import webvtt
 
-from tests.conftest import wer
+from tests.conftest import SPEECH_DIR, wer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]  # fmt: skip
 SCREENSHOT = Path("/tmp/harken-web.png")
+# The "microphone": Chromium's fake capture device plays a real recording, once.
+MICROPHONE_CLIP = "librivox_sns01_0880"
+FAKE_MICROPHONE = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                   f"--use-file-for-fake-audio-capture={SPEECH_DIR / 'audio' / MICROPHONE_CLIP}"
+                   ".wav%noloop"]  # fmt: skip
 
 
 def ensure_chromium() -> None:
@@ -45,7 +50,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS + FAKE_MICROPHONE
+        )
         yield chromium
         chromium.close()
 
@@ -122,6 +129,28 @@ def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech,
     assert [c.text for c in captions] == [c.content for c in cues]
     expect(page.locator("#status")).to_have_text("Downloaded jfk_inaugural_1961.vtt.")
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_record_from_the_microphone(server, speech, page):
+    from playwright.sync_api import expect
+
+    clip = speech[MICROPHONE_CLIP]
+    page.goto(server.url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    page.get_by_label("Model").select_option("whisper-tiny.en")
+    record = page.get_by_role("button", name="Record from the microphone")
+    record.click()
+    stop = page.get_by_role("button", name="Stop recording")
+    expect(stop).to_have_attribute("aria-pressed", "true")
+    page.wait_for_timeout((clip.duration + 1.0) * 1000)
+    stop.click()
+    expect(page.locator("#audio-info")).to_contain_text(re.compile(r"recording\.(webm|ogg)"))
+    expect(record).to_have_attribute("aria-pressed", "false")
+    page.get_by_role("button", name="Transcribe").click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Done in"), timeout=300_000)
+    text = page.locator("#transcript").inner_text()
+    # MediaRecorder's webm/opus, decoded by the server: the recording's words come back.
+    assert wer(clip.text, text) <= 0.5, text
 
 
 def test_asks_for_a_key_when_the_server_has_one(keyed_server, page):
