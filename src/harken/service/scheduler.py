@@ -113,11 +113,6 @@ class Scheduler:
             if self._admitted == 0:
                 self._idle.set()
 
-    def _deadline(self) -> float | None:
-        if self.deadline_seconds is None:
-            return None
-        return time.monotonic() + self.deadline_seconds
-
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking call on a worker thread (admitted like any job)."""
         self._admit()
@@ -151,7 +146,7 @@ class Scheduler:
         deadline passing stops the job before its next model call.
         """
         self._admit()
-        job: JobStream[H, T] = JobStream(self._release, self._deadline(), self._finished)
+        job: JobStream[H, T] = JobStream(self._release, self.deadline_seconds, self._finished)
         try:
             asyncio.get_running_loop().run_in_executor(
                 self._executor, self._counted, job._produce, (start,)
@@ -204,7 +199,7 @@ class JobStream(Generic[H, T]):
     def __init__(
         self,
         release: Callable[[], None],
-        deadline: float | None = None,
+        deadline_seconds: float | None = None,
         finished: Callable[[JobStream[Any, Any], str], None] | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -213,9 +208,10 @@ class JobStream(Generic[H, T]):
         self._finished = threading.Event()
         self._release = release
         self._released = False
-        self._deadline = deadline
         self._on_finished = finished
         self.admitted_at = time.monotonic()
+        self._deadline_seconds = deadline_seconds
+        self._deadline = None if deadline_seconds is None else self.admitted_at + deadline_seconds
         self.started_at: float | None = None
         self.head_value: Any = None
 
@@ -273,7 +269,7 @@ class JobStream(Generic[H, T]):
             return await asyncio.wait_for(self._queue.get(), self._deadline - time.monotonic())
         except TimeoutError:
             self._cancelled.set()
-            raise _deadline_error(self._deadline - self.admitted_at) from None
+            raise _deadline_error(self._deadline_seconds or 0.0) from None
 
     async def _wait_head(self) -> None:
         kind, value = await self._next()
