@@ -147,3 +147,16 @@ def test_eval_json_report_and_bad_manifest(tmp_path, harken_home):
     assert language["language"] == "en" and language["metric"] == "wer"
     assert language["clips"] == 1 and language["reference_length"] == 3
     assert report["clips"][0]["reference"] == "ten of clubs"
+
+
+def test_eval_against_a_server_skips_languages_its_model_lacks(tmp_path, server):
+    manifest = write_manifest(tmp_path, ["sphinx_cards_001", "picovoice_test_de"])
+    result = CliRunner().invoke(
+        app,
+        ["eval", str(manifest), "--server", server.url, "--model", "whisper-tiny.en", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "does not know: de" in result.stderr
+    report = json.loads(result.stdout)
+    assert [c["id"] for c in report["clips"]] == ["sphinx_cards_001"]
+    assert report["clips"][0]["rate"] < 0.5

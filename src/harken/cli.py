@@ -10,6 +10,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from harken import __version__
 
@@ -154,12 +164,16 @@ class LocalRecognizer:
     """The model in this process: what `harken transcribe` and `harken eval` use by default."""
 
     def __init__(self, settings: Any, model: str | None) -> None:
-        from harken.catalog import Catalog
+        from harken.catalog import Catalog, WeightsUnavailable
         from harken.engine import load_transcriber
+        from harken.errors import HarkenError
 
         self.settings = settings
-        self.entry = Catalog(settings).resolve(model)
-        self.transcriber = load_transcriber(self.entry, settings)
+        try:
+            self.entry = Catalog(settings).resolve(model)
+            self.transcriber = load_transcriber(self.entry, settings)
+        except (HarkenError, WeightsUnavailable, ValueError) as exc:
+            raise typer.BadParameter(_describe(exc), param_hint="--model") from exc
 
     def language_code(self, value: str | None) -> str | None:
         from harken.languages import normalize_language
@@ -196,47 +210,41 @@ class LocalRecognizer:
         return segments, result.info
 
 
-class AudioTimeColumn:
-    """`1:02 / 3:45 audio` and the speed in multiples of real time, for rich's Progress."""
-
-    @staticmethod
-    def columns() -> list[Any]:
-        from rich.progress import ProgressColumn, Task
-        from rich.text import Text
-
-        def clock(seconds: float) -> str:
-            minutes, secs = divmod(int(seconds), 60)
-            hours, minutes = divmod(minutes, 60)
-            return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-        class AudioTime(ProgressColumn):
-            def render(self, task: Task) -> Text:
-                total = clock(task.total) if task.total else "?"
-                return Text(f"{clock(task.completed)} / {total} audio", style="progress.download")
-
-        class Speed(ProgressColumn):
-            def render(self, task: Task) -> Text:
-                elapsed = task.elapsed or 0.0
-                if elapsed < 0.5 or not task.completed:
-                    return Text("", style="progress.data.speed")
-                return Text(f"{task.completed / elapsed:.1f}× real time", "progress.data.speed")
-
-        return [AudioTime(), Speed()]
+def clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def make_progress(enabled: bool | None) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+class AudioTimeColumn(ProgressColumn):
+    """`1:02 / 3:45 audio`: the progress bar counts seconds of audio, not files."""
 
+    def render(self, task: Task) -> Text:
+        total = clock(task.total) if task.total else "?"
+        return Text(f"{clock(task.completed)} / {total} audio", style="progress.download")
+
+
+class SpeedColumn(ProgressColumn):
+    """Audio seconds done per second of wall time: `6.3× real time`."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        if elapsed < 0.5 or not task.completed:
+            return Text("", style="progress.data.speed")
+        return Text(f"{task.completed / elapsed:.1f}× real time", style="progress.data.speed")
+
+
+def make_progress(enabled: bool | None) -> Progress:
+    """A progress bar on stderr; by default only when stderr is a terminal."""
     console = Console(stderr=True)
-    disable = not console.is_terminal if enabled is None else not enabled
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        *AudioTimeColumn.columns(),
+        AudioTimeColumn(),
+        SpeedColumn(),
         TimeElapsedColumn(),
         console=console,
-        disable=disable,
+        disable=not console.is_terminal if enabled is None else not enabled,
     )
 
 
@@ -354,16 +362,10 @@ def _local_renderer(
     config: Path | None, model: str | None, language: str, fmt: str, task: str,
     words: bool, prompt: str | None,
 ) -> Any:  # fmt: skip
-    from harken.catalog import WeightsUnavailable
     from harken.engine import TranscriptionOptions
-    from harken.errors import HarkenError
     from harken.formats import render
 
-    settings = load_settings(config)
-    try:
-        recognizer = LocalRecognizer(settings, model)
-    except (HarkenError, WeightsUnavailable, ValueError) as exc:
-        raise typer.BadParameter(_describe(exc), param_hint="--model") from exc
+    recognizer = LocalRecognizer(load_settings(config), model)
     options = TranscriptionOptions(
         language=recognizer.language_code(language),
         task=task,  # type: ignore[arg-type]
@@ -485,6 +487,7 @@ def evaluate_command(
     language, after normalising case, punctuation and numbers on both sides."""
     import json
 
+    from harken.client import HarkenAPIError
     from harken.evaluation import ManifestError, by_language, read_manifest, score_clip
 
     if not manifest.is_file():
@@ -525,20 +528,30 @@ def evaluate_command(
 
         model_name = recognizer.entry.name
 
-    skipped = sorted({i.language for i in items if not knows(i.language)})
+    skipped = {i.language for i in items if not knows(i.language)}
     items = [i for i in items if knows(i.language)]
-    if skipped:
-        typer.echo(f"skipped clips in languages {model_name} does not know: {', '.join(skipped)}",
-                   err=True)  # fmt: skip
+    durations = [i.duration if i.duration is not None else probe_seconds(i.path) for i in items]
     scores = []
     started = time.monotonic()
     with make_progress(None) as bar:
-        job = bar.add_task("eval", total=len(items))
-        for item in items:
+        job = bar.add_task("eval", total=sum(durations) or None)
+        for item, seconds in zip(items, durations, strict=True):
             bar.update(job, description=item.id)
-            seconds = item.duration if item.duration is not None else probe_seconds(item.path)
-            scores.append(score_clip(item, recognise(item), seconds))
-            bar.advance(job)
+            try:
+                scores.append(score_clip(item, recognise(item), seconds))
+            except HarkenAPIError as exc:
+                if exc.code != "unsupported_language":
+                    typer.echo(f"{item.path}: {exc.message}", err=True)
+                    raise typer.Exit(1) from exc
+                skipped.add(item.language)  # the server's model does not know it
+            bar.advance(job, seconds)
+    if skipped:
+        typer.echo(
+            f"skipped clips in languages {model_name} does not know: {', '.join(sorted(skipped))}",
+            err=True,
+        )
+    if not scores:
+        raise typer.BadParameter("the model knows none of the manifest's languages")
     elapsed = time.monotonic() - started
     groups = by_language(scores)
     audio = sum(g.seconds for g in groups)
