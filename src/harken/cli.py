@@ -257,7 +257,9 @@ def _body_text(body: Any) -> str:
 
 @app.command()
 def transcribe(
-    files: Annotated[list[Path], typer.Argument(help="Audio files or folders of them")],
+    files: Annotated[
+        list[Path], typer.Argument(metavar="FILE", help="Audio files or folders of them")
+    ],
     model: Annotated[
         str | None, typer.Option(help="Model or alias [default: the configured default]")
     ] = None,
