@@ -1,0 +1,282 @@
+"""Long recordings: harken's streamed transcription vs the raw faster-whisper call, same file.
+
+For each length asked for, a recording is made in a temporary folder from the speech set (the
+English clips, the 159 s sonnet reading among them, joined with pauses of 0.6–25 s, repeated in
+new orders until it is long enough) and transcribed twice, each in a fresh process so that peak
+memory is its own:
+
+- harken: `harken serve` as a subprocess, the file uploaded to /v1/audio/transcriptions with
+  stream=true; time to the first text delta and to the end; the server's peak RSS (VmHWM in
+  /proc) against its RSS once the model is loaded.
+- raw: `WhisperModel(...).transcribe(path)` in a subprocess, as its README shows it (the whole
+  file decoded to float32, Whisper's sequential windows); time to the first segment and to the
+  end; peak RSS.
+
+Prints a table and the ratios harken/raw. Not a test: it takes minutes.
+
+    .venv/bin/python benchmarks/long_audio.py [--model whisper-tiny.en] [--minutes 10 60]
+        [--harken-only] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH = ROOT.parent / "shared" / "data" / "speech"
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+SAMPLE_RATE = 16_000
+GAPS = (1.0, 8.0, 0.6, 18.0, 2.5, 12.0, 1.5, 25.0, 5.0, 15.0)
+
+
+def english_clips() -> list[dict]:
+    items = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
+    return [item for item in items if item["language"] == "en"]
+
+
+def make_recording(minutes: float, folder: Path, sparse: bool) -> tuple[Path, str, float]:
+    """A FLAC file of at least `minutes`, its reference text and its duration in seconds.
+
+    `sparse`: the clips once, with the pauses stretched to fill the length (a long meeting
+    with little talk: cheap to transcribe, the same decoding and memory as a full one)."""
+    import av
+
+    from harken.audio import decode_audio
+
+    clips = english_clips()
+    decoded = {c["id"]: decode_audio((SPEECH / c["path"]).read_bytes()) for c in clips}
+    rng = np.random.default_rng(4)
+    speech = sum(len(samples) for samples in decoded.values()) / SAMPLE_RATE
+    pauses = sum(GAPS[i % len(GAPS)] for i in range(len(clips)))
+    stretch = max(1.0, (minutes * 60 - speech - 1) / pauses) if sparse else 1.0
+    path = folder / f"long-{minutes:g}min{'-sparse' if sparse else ''}.flac"
+    references: list[str] = []
+    total = 0
+    with av.open(str(path), "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+
+        def write(samples: np.ndarray) -> None:
+            nonlocal total
+            pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+            frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+            frame.sample_rate = SAMPLE_RATE
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            total += pcm.shape[1]
+
+        def pause(seconds: float) -> None:
+            write(rng.normal(0.0, 0.002, int(seconds * SAMPLE_RATE)).astype(np.float32))
+
+        pause(1.0)
+        round_ = 0
+        while total < minutes * 60 * SAMPLE_RATE:
+            order = clips if round_ == 0 else [clips[i] for i in rng.permutation(len(clips))]
+            for index, clip in enumerate(order):
+                write(decoded[clip["id"]])
+                references.append(clip["text"])
+                pause(GAPS[(index + round_) % len(GAPS)] * stretch)
+                if total >= minutes * 60 * SAMPLE_RATE:
+                    break
+            round_ += 1
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path, " ".join(references), total / SAMPLE_RATE
+
+
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_harken(path: Path, model: str, home: Path) -> dict:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HARKEN_HOME": str(home),
+        "HARKEN_PRELOAD": model,
+        "HARKEN_DEFAULT_MODEL": model,
+        "HARKEN_MAX_UPLOAD_MB": "2048",
+        "HARKEN_MAX_AUDIO_SECONDS": str(4 * 3600),
+        "HARKEN_REQUEST_TIMEOUT_SECONDS": "0",
+    }
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("harken")), "serve", "--port", str(port),
+         "--log-level", "warning"],
+        env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("harken did not start")
+            time.sleep(0.2)
+        loaded_rss, _ = peak_rss_mb(server.pid)
+        text = ""
+        first = None
+        started = time.monotonic()
+        with (
+            path.open("rb") as f,
+            httpx.stream(
+                "POST", f"{url}/v1/audio/transcriptions",
+                files={"file": (path.name, f, "audio/flac")},
+                data={"model": model, "language": "en", "stream": "true"},
+                timeout=None,
+            ) as response,
+        ):  # fmt: skip
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(event["error"])
+                if event.get("type") == "transcript.text.delta" and first is None:
+                    first = time.monotonic() - started
+                if event.get("type") == "transcript.text.done":
+                    text = event["text"]
+        total = time.monotonic() - started
+        _, peak = peak_rss_mb(server.pid)
+        return {"total": total, "first": first, "peak_mb": peak, "loaded_mb": loaded_rss,
+                "text": text}  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def run_raw(path: Path, model: str, home: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--raw-child", str(path), "--model", model, "--home", str(home)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def raw_child(path: Path, model: str, home: Path) -> None:
+    """The raw call, in its own process: faster-whisper as its README uses it."""
+    from faster_whisper import WhisperModel
+
+    from harken.catalog import Catalog
+    from harken.config import Settings
+    from harken.engine.whisper import pick_compute_type, pick_device
+
+    settings = Settings(home=home)
+    weights = Catalog(settings).resolve(model).weights(settings)
+    device = pick_device(settings.device)
+    whisper = WhisperModel(
+        str(weights), device=device, compute_type=pick_compute_type(device, "default"),
+        cpu_threads=settings.cpu_threads or os.cpu_count() or 1,
+    )  # fmt: skip
+    loaded, _ = peak_rss_mb(os.getpid())
+    started = time.monotonic()
+    segments, _info = whisper.transcribe(str(path), language="en", beam_size=settings.beam_size)
+    first = None
+    texts = []
+    for segment in segments:
+        if first is None and segment.text.strip():
+            first = time.monotonic() - started
+        texts.append(segment.text)
+    total = time.monotonic() - started
+    _, peak = peak_rss_mb(os.getpid())
+    print(json.dumps({"total": total, "first": first, "peak_mb": peak, "loaded_mb": loaded,
+                      "text": "".join(texts).strip()}))  # fmt: skip
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    from tests.conftest import normalize_text
+
+    return float(jiwer.wer(normalize_text(reference), normalize_text(hypothesis)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10.0, 60.0])
+    parser.add_argument("--harken-only", action="store_true", help="skip the raw call")
+    parser.add_argument(
+        "--sparse", action="store_true", help="the clips once, pauses stretched to the length"
+    )
+    parser.add_argument("--keep", type=Path, help="write the recordings here and keep them")
+    parser.add_argument("--home", type=Path, default=None, help="HARKEN_HOME (model cache)")
+    parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    from harken.config import Settings
+
+    home = args.home or Settings().home
+    if args.raw_child:
+        raw_child(args.raw_child, args.model, home)
+        return
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="harken-long-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for minutes in args.minutes:
+        path, reference, duration = make_recording(minutes, folder, args.sparse)
+        print(f"# {path.name}: {duration / 60:.1f} min, {path.stat().st_size / 2**20:.0f} MB",
+              flush=True)  # fmt: skip
+        results = {"harken": run_harken(path, args.model, home)}
+        if not args.harken_only:
+            results["raw"] = run_raw(path, args.model, home)
+        for engine, r in results.items():
+            r["wer"] = word_error_rate(reference, r["text"])
+            name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
+            rows.append((name, engine, duration, r))
+            print(f"  {engine}: {r['total']:.1f} s, first text {r['first']:.1f} s, "
+                  f"peak {r['peak_mb']:.0f} MB, WER {r['wer']:.3f}", flush=True)  # fmt: skip
+
+    print(f"\nmodel {args.model}, {os.cpu_count()} CPU cores")
+    header = ("file", "engine", "total s", "RTF", "first text s", "first/total",
+              "peak RSS MB", "RSS after load MB", "WER")  # fmt: skip
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for name, engine, duration, r in rows:
+        print(" | ".join([
+            name, engine, f"{r['total']:.1f}", f"{r['total'] / duration:.3f}",
+            f"{r['first']:.1f}", f"{r['first'] / r['total']:.1%}", f"{r['peak_mb']:.0f}",
+            f"{r['loaded_mb']:.0f}", f"{r['wer']:.3f}",
+        ]))  # fmt: skip
+    by_file: dict[str, dict[str, dict]] = {}
+    for name, engine, _, r in rows:
+        by_file.setdefault(name, {})[engine] = r
+    for name, pair in by_file.items():
+        if "raw" in pair:
+            h, w = pair["harken"], pair["raw"]
+            print(
+                f"{name}: harken/raw total {h['total'] / w['total']:.2f}, first text "
+                f"{h['first'] / w['first']:.2f}, peak RSS {h['peak_mb'] / w['peak_mb']:.2f}"
+            )
+
+
+if __name__ == "__main__":
+    main()
