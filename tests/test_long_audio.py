@@ -336,3 +336,34 @@ def test_sonnets_cut_where_the_reader_pauses(speech: dict[str, Clip]):
     )
     pieces = list(plan_pieces(audio, strict))
     assert all(p.seconds <= 30 for p in pieces) and len(pieces) >= 6
+
+
+def test_chunking_strategy_reaches_the_engine_through_the_sdk(
+    openai_client: Any, server: Any, speech: dict[str, Clip], tmp_path: Path
+):
+    """Three short clips 14 s apart (40+ s, so it is cut): "auto" reads three pieces; a
+    server_vad threshold no speech reaches reads none; a bad value is a 400 naming the field."""
+    import openai
+
+    clips = [speech[i] for i in ("sphinx_goforward", "ls_1089-134691-0000", "sphinx_cards_005")]
+    samples, _ = join_clips(clips, (14.0,))
+    path = tmp_path / "three.flac"
+    write_flac(path, samples)
+    service = server.service
+
+    def send(strategy: Any) -> tuple[str, int]:
+        before = service.pieces_started
+        with path.open("rb") as f:
+            text = openai_client.audio.transcriptions.create(
+                model=MODEL, file=f, language="en", response_format="text",
+                chunking_strategy=strategy,
+            )  # fmt: skip
+        return str(text), service.pieces_started - before
+
+    text, pieces = send("auto")
+    assert pieces == 3 and "forward" in text.lower(), (pieces, text)
+    text, pieces = send({"type": "server_vad", "threshold": 1.0})
+    assert pieces == 0 and text.strip() == "", (pieces, text)
+    with pytest.raises(openai.BadRequestError) as caught:
+        send({"type": "server_vad", "threshold": 7})
+    assert caught.value.param == "chunking_strategy"

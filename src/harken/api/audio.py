@@ -63,6 +63,13 @@ StreamField = Annotated[
 HotwordsField = Annotated[
     str | None, Form(description="Extension: words or names to favour, comma-separated.")
 ]
+ChunkingField = Annotated[
+    str | None,
+    Form(
+        description='How long audio is cut: "auto", or JSON {"type": "server_vad", "threshold", '
+        '"prefix_padding_ms", "silence_duration_ms"}; empty: the server\'s setting.'
+    ),
+]
 
 
 async def read_upload(file: UploadFile, limit: int) -> bytes:
@@ -86,6 +93,19 @@ def _too_large(size: int, limit: int) -> FileTooLarge:
     )
 
 
+async def _nested_form_field(request: Request, name: str) -> dict[str, str] | None:
+    """An object the openai SDK sends as form fields `name[key]=value` (FastAPI's own form
+    parsing has already read the body, so this costs nothing)."""
+    prefix = f"{name}["
+    form = await request.form()
+    found = {
+        key[len(prefix) : -1]: value
+        for key, value in form.multi_items()
+        if key.startswith(prefix) and key.endswith("]") and isinstance(value, str)
+    }
+    return found or None
+
+
 def _blank_to_none(value: str | None) -> str | None:
     """Form clients send unset text fields as empty strings."""
     return value.strip() or None if value is not None else None
@@ -104,6 +124,7 @@ async def _handle(
     granularities: list[str],
     stream: bool,
     hotwords: str | None,
+    chunking: str | dict[str, str] | None = None,
 ) -> Response:
     service: TranscriptionService = request.app.state.service
     for value in granularities:
@@ -134,6 +155,9 @@ async def _handle(
         hotwords=_blank_to_none(hotwords),
         temperature=temperature,
         word_timestamps=words,
+        segmentation=service.chunking(
+            _blank_to_none(chunking) if isinstance(chunking, str | None) else chunking
+        ),
     )
     service.check_task(loaded, options)  # before decoding: a wrong model is cheap to refuse
 
@@ -226,6 +250,7 @@ async def transcriptions(
     ],
     stream: StreamField = False,
     hotwords: HotwordsField = None,
+    chunking_strategy: ChunkingField = None,
 ) -> Response:
     return await _handle(
         request,
@@ -243,6 +268,7 @@ async def transcriptions(
         ],
         stream=stream,
         hotwords=hotwords,
+        chunking=chunking_strategy or await _nested_form_field(request, "chunking_strategy"),
     )
 
 

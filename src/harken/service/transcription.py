@@ -241,7 +241,9 @@ _SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_
 
 def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> SegmentationOptions:
     """OpenAI's `chunking_strategy` (None, "auto", a server_vad object, or either as JSON
-    text) as segmentation options; 400 naming the field for anything else."""
+    text; the openai SDK sends the object as form fields `chunking_strategy[type]` etc., which
+    the route gathers into a dict of strings) as segmentation options; 400 naming the field
+    for anything else."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return default
     if isinstance(value, str):
@@ -260,7 +262,7 @@ def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> Segment
     if unknown:
         raise _bad_chunking(f"unknown key {sorted(unknown)[0]!r}")
     changes: dict[str, Any] = {"enabled": True}
-    threshold = value.get("threshold")
+    threshold = _number(value.get("threshold"))
     if threshold is not None:
         if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
             raise _bad_chunking("threshold must be a number from 0 to 1")
@@ -269,7 +271,7 @@ def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> Segment
         ("prefix_padding_ms", "speech_pad_ms"),
         ("silence_duration_ms", "min_silence_ms"),
     ):
-        amount = value.get(key)
+        amount = _number(value.get(key))
         if amount is not None:
             if not _is_number(amount) or not 0 <= amount <= 10_000:
                 raise _bad_chunking(f"{key} must be a number of milliseconds from 0 to 10000")
@@ -279,6 +281,16 @@ def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> Segment
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> Any:
+    """Form fields arrive as text ("0.5"): read them as numbers; anything else is left as is."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _bad_chunking(detail: str | None = None) -> InvalidRequest:
