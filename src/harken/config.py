@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     max_payload_mb: float = 10.0
     max_upload_mb: float = 25.0
     max_audio_seconds: float = 3 * 3600.0
+    # Slow uploads (slowloris): the longest pause between body chunks, and the whole body's time.
+    body_idle_timeout_seconds: float = 20.0
+    body_timeout_seconds: float = 300.0
 
     # --- long audio: cut at pauses found by Silero VAD (requests may override: chunking_strategy)
     vad_enabled: bool = True

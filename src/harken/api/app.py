@@ -11,10 +11,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from harken import __version__
 from harken.api import audio, chat, health, models, web
+from harken.api.auth import ApiKeyMiddleware
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
 from harken.api.metrics import router as metrics_router
 from harken.api.observability import ObservabilityMiddleware
+from harken.api.timeouts import ClientTimeoutMiddleware
 from harken.config import Settings
 from harken.service.transcription import TranscriptionService
 
@@ -56,6 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _SMALL_BODY
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    # Outside the body limit: a request without a valid key is refused before its body is read.
+    app.add_middleware(ApiKeyMiddleware, service=service)
+    app.add_middleware(
+        ClientTimeoutMiddleware,
+        idle_timeout=settings.body_idle_timeout_seconds,
+        total_timeout=settings.body_timeout_seconds,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,18 +1,30 @@
-"""API keys: `api-key: KEY` (MiMo) or `Authorization: Bearer KEY` (OpenAI)."""
+"""API keys: `api-key: KEY` (MiMo) or `Authorization: Bearer KEY` (OpenAI).
+
+Checked twice: by `ApiKeyMiddleware` before the body is read (a stranger can't make the server
+parse megabytes of JSON, nor learn from a 400 what a valid request looks like), and by the
+`require_api_key` dependency on each protected route (so a route is safe on its own too).
+"""
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Request
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from harken.errors import AuthenticationFailed
 from harken.service.transcription import TranscriptionService
 
+# Everything under these needs a key when keys are set; /health and the web page stay open.
+PROTECTED_PREFIXES = ("/v1/", "/metrics")
 
-def supplied_key(request: Request) -> str | None:
-    key = request.headers.get("api-key")
+
+def supplied_key(headers: Headers) -> str | None:
+    key = headers.get("api-key")
     if key is not None:
         return key.strip()
-    authorization = request.headers.get("authorization")
+    authorization = headers.get("authorization")
     if authorization is None:
         return None
     scheme, _, token = authorization.strip().partition(" ")
@@ -21,14 +33,49 @@ def supplied_key(request: Request) -> str | None:
     return token.strip()
 
 
-async def require_api_key(request: Request) -> None:
-    service: TranscriptionService = request.app.state.service
+def check_key(service: TranscriptionService, headers: Headers) -> None:
+    """Raise AuthenticationFailed unless keys are off or a valid one was sent."""
     if not service.auth_required:
         return
-    key = supplied_key(request)
+    key = supplied_key(headers)
+    # The messages never repeat what was sent: a key pasted in the wrong place stays private.
     if not key:
         raise AuthenticationFailed(
             "An API key is required: send `api-key: KEY` or `Authorization: Bearer KEY`."
         )
     if not service.key_is_valid(key):
         raise AuthenticationFailed("The API key is not valid.")
+
+
+async def require_api_key(request: Request) -> None:
+    check_key(request.app.state.service, request.headers)
+
+
+class ApiKeyMiddleware:
+    """Refuses protected paths without a valid key before the route reads a byte of the body."""
+
+    def __init__(self, app: ASGIApp, service: TranscriptionService) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIXES):
+            await self.app(scope, receive, send)
+            return
+        try:
+            check_key(self.service, Headers(scope=scope))
+        except AuthenticationFailed as error:
+            body = json.dumps(error.body()).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error.status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
