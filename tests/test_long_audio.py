@@ -1,13 +1,16 @@
 """Long recordings: cut at pauses, joined without lost or doubled words, streamed as recognised,
 stopped when the client leaves.
 
-The long recording is made here, in a temporary folder, from the speech set: every English clip
-(the 159-second sonnet reading among them) joined with pauses of 0.6 to 25 seconds into more than
-ten minutes, so that where each clip sits in the file (and what it says) is known.
+The long recording is made here, in a temporary folder, from the speech set: the English clips
+(all but the 159 s sonnet reading, which the streaming test reads, and the telephone-band clip)
+joined with pauses of 1 to 44 seconds into more than ten minutes, so that where each clip sits in
+the file (and what it says) is known.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import json
 import time
@@ -51,8 +54,11 @@ class Recording:
         return self.samples.shape[0] / SAMPLE_RATE
 
 
-def join_clips(clips: list[Clip], gaps: tuple[float, ...]) -> tuple[np.ndarray, list[Placed]]:
-    """The clips one after another with pauses between them (faint noise, as in a room)."""
+def join_clips(
+    clips: list[Clip], gaps: tuple[float, ...], min_seconds: float = 0.0
+) -> tuple[np.ndarray, list[Placed]]:
+    """The clips one after another with pauses between them (faint noise, as in a room), the
+    pauses stretched if need be so that the whole lasts `min_seconds`."""
     rng = np.random.default_rng(4)
     parts: list[np.ndarray] = []
     placed = []
@@ -64,13 +70,16 @@ def join_clips(clips: list[Clip], gaps: tuple[float, ...]) -> tuple[np.ndarray, 
         parts.append(rng.normal(0.0, 0.002, count).astype(np.float32))
         position += count
 
+    decoded = [decode_audio(clip.bytes()) for clip in clips]
+    speech = sum(len(samples) for samples in decoded) / SAMPLE_RATE
+    pauses = sum(gaps[i % len(gaps)] for i in range(len(clips)))
+    stretch = max(1.0, (min_seconds - speech - 1.0) / pauses + 0.01)
     pause(1.0)
-    for index, clip in enumerate(clips):
-        samples = decode_audio(clip.bytes())
+    for index, (clip, samples) in enumerate(zip(clips, decoded, strict=True)):
         placed.append(Placed(clip, position / SAMPLE_RATE, (position + len(samples)) / SAMPLE_RATE))
         parts.append(samples)
         position += len(samples)
-        pause(gaps[index % len(gaps)])
+        pause(gaps[index % len(gaps)] * stretch)
     joined = np.concatenate(parts)
     return np.rint(np.clip(joined, -1, 1) * 32767).astype(np.int16), placed
 
@@ -86,12 +95,13 @@ def write_flac(path: Path, samples: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def english(speech: dict[str, Clip]) -> list[Clip]:
-    return [clip for clip in speech.values() if clip.language == "en"]
+    left_out = {"librivox_shakespeare_sonnets_1-3", "ls_1272-128104-0004_8k"}
+    return [clip for clip in speech.values() if clip.language == "en" and clip.id not in left_out]
 
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory, english: list[Clip]) -> Recording:
-    samples, placed = join_clips(english, GAPS)
+    samples, placed = join_clips(english, GAPS, MIN_SECONDS + 5)
     path = tmp_path_factory.mktemp("long") / "joined.flac"
     write_flac(path, samples)
     assert samples.shape[0] / SAMPLE_RATE > MIN_SECONDS
@@ -105,7 +115,7 @@ def one_by_one(server: Any, english: list[Clip]) -> dict[str, str]:
     whole = TranscriptionOptions(language="en", segmentation=SegmentationOptions(enabled=False))
     texts = {}
     for clip in english:
-        result = transcribe_long(model, decode_pcm16(clip.bytes()), whole)
+        result = model.transcribe(decode_pcm16(clip.bytes()), whole)
         texts[clip.id] = "".join(segment.text for segment in result.segments)
     return texts
 
@@ -148,7 +158,7 @@ def test_pieces_are_short_cut_in_pauses_and_cover_all_speech(recording: Recordin
 def test_short_clips_take_the_unchanged_path(server: Any, speech: dict[str, Clip]):
     """Up to 30 s nothing is cut: the text is exactly the raw engine's."""
     model = server.service._models[MODEL].transcriber
-    for clip_id in ("jfk_inaugural_1961", "ls_1272-128104-0004_8k", "sphinx_goforward"):
+    for clip_id in ("jfk_inaugural_1961", "ls_1089-134691-0001", "sphinx_goforward"):
         audio = decode_pcm16(speech[clip_id].bytes())
         options = TranscriptionOptions(language="en")
         raw = "".join(s.text for s in model.transcribe(audio, options).segments)
@@ -175,7 +185,7 @@ def long_run(openai_client: Any, recording: Recording) -> tuple[Any, float]:
             language="en",
             response_format="verbose_json",
             timestamp_granularities=["word", "segment"],
-            timeout=900,
+            timeout=3600,
         )
     return result, time.monotonic() - started
 
@@ -226,18 +236,34 @@ def test_each_clip_is_found_where_it_sits(long_run: tuple[Any, float], recording
 
 
 # --- streaming and going away
+STREAMED = (  # 80 s of reading, with short pauses: several clips share each piece
+    "ls_2412-153948-0000", "ls_2412-153948-0001", "ls_2412-153948-0002", "ls_1089-134686-0000",
+    "ls_1272-141231-0002", "ls_1995-1837-0001", "ls_1988-24833-0001", "librivox_sns01_0870",
+    "librivox_sns01_0920",
+)  # fmt: skip
+
+
 def test_chat_stream_sends_each_piece_as_it_is_recognised(
     server: Any, speech: dict[str, Clip], one_by_one: dict[str, str]
 ):
-    """The sonnets (159 s) by MiMo's streaming chat: text arrives piece by piece, and the
-    whole is as good as Whisper reading the file in one go."""
-    clip = speech["librivox_shakespeare_sonnets_1-3"]
-    pieces = len(list(plan_pieces(decode_pcm16(clip.bytes()), SegmentationOptions())))
+    """MiMo's streaming chat on 90 s: text arrives piece by piece, and the whole is as good as
+    the clips read one by one (joins inside and between pieces lose nothing)."""
+    clips = [speech[i] for i in STREAMED]
+    samples, _ = join_clips(clips, (0.6, 1.5, 2.5))
+    pieces = len(list(plan_pieces(samples, SegmentationOptions())))
+    wav = io.BytesIO()
+    with av.open(wav, "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    data_url = "data:audio/wav;base64," + base64.b64encode(wav.getvalue()).decode()
     service = server.service
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": [
-            {"type": "input_audio", "input_audio": {"data": clip.data_url()}}]}],
+            {"type": "input_audio", "input_audio": {"data": data_url}}]}],
         "asr_options": {"language": "en"},
         "stream": True,
     }  # fmt: skip
@@ -245,7 +271,7 @@ def test_chat_stream_sends_each_piece_as_it_is_recognised(
     started = time.monotonic()
     arrivals: list[tuple[float, int]] = []
     text = ""
-    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=600) as r:
+    with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=3600) as r:
         assert r.status_code == 200
         for event in sse_events(r.iter_lines()):
             delta = event["choices"][0]["delta"].get("content") if event["choices"] else None
@@ -253,16 +279,17 @@ def test_chat_stream_sends_each_piece_as_it_is_recognised(
                 arrivals.append((time.monotonic() - started, service.pieces_started - before))
                 text += delta
     total = time.monotonic() - started
-    assert pieces >= 5
+    assert pieces >= 3
     # The first text came while the model had started at most the second of the pieces,
     # and text kept coming as the later pieces were read.
     assert arrivals[0][1] <= 2, arrivals
     assert len({count for _, count in arrivals}) >= pieces - 1, arrivals
-    print(f"\nsonnets: first delta after {arrivals[0][0]:.1f} s of {total:.1f} s")
-    assert arrivals[0][0] < 0.5 * total
-    whole, cut = corpus_wer([clip.text], [one_by_one[clip.id]]), corpus_wer([clip.text], [text])
-    print(f"sonnets WER: pieces {cut:.4f}, whole file {whole:.4f}")
-    assert cut <= 1.1 * whole + 0.005, (cut, whole)
+    print(f"\n{pieces} pieces: first delta after {arrivals[0][0]:.1f} s of {total:.1f} s")
+    assert arrivals[0][0] < 0.6 * total
+    alone = corpus_wer([c.text for c in clips], [one_by_one[c.id] for c in clips])
+    joined = corpus_wer([" ".join(c.text for c in clips)], [text])
+    print(f"WER streamed in pieces {joined:.4f}, clips one by one {alone:.4f}")
+    assert joined <= 1.1 * alone + 0.005, (joined, alone)
 
 
 def test_client_leaving_mid_stream_stops_the_work(
