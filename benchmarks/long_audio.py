@@ -46,7 +46,9 @@ def english_clips() -> list[dict]:
     return [item for item in items if item["language"] == "en"]
 
 
-def make_recording(minutes: float, folder: Path, sparse: bool) -> tuple[Path, str, float]:
+def make_recording(
+    minutes: float, folder: Path, sparse: bool, clip_count: int | None = None
+) -> tuple[Path, str, float]:
     """A FLAC file of at least `minutes`, its reference text and its duration in seconds.
 
     `sparse`: the clips once, with the pauses stretched to fill the length (a long meeting
@@ -55,13 +57,13 @@ def make_recording(minutes: float, folder: Path, sparse: bool) -> tuple[Path, st
 
     from harken.audio import decode_audio
 
-    clips = english_clips()
+    clips = english_clips()[:clip_count]
     decoded = {c["id"]: decode_audio((SPEECH / c["path"]).read_bytes()) for c in clips}
     rng = np.random.default_rng(4)
     speech = sum(len(samples) for samples in decoded.values()) / SAMPLE_RATE
     pauses = sum(GAPS[i % len(GAPS)] for i in range(len(clips)))
     stretch = max(1.0, (minutes * 60 - speech - 1) / pauses) if sparse else 1.0
-    path = folder / f"long-{minutes:g}min{'-sparse' if sparse else ''}.flac"
+    path = folder / f"long-{minutes:g}min{'-sparse' if sparse else ''}-{len(clips)}clips.flac"
     references: list[str] = []
     total = 0
     with av.open(str(path), "w", format="flac") as out:
@@ -227,6 +229,9 @@ def main() -> None:
     parser.add_argument(
         "--sparse", action="store_true", help="the clips once, pauses stretched to the length"
     )
+    parser.add_argument(
+        "--clips", type=int, default=None, help="use only the first N English clips"
+    )
     parser.add_argument("--keep", type=Path, help="write the recordings here and keep them")
     parser.add_argument("--home", type=Path, default=None, help="HARKEN_HOME (model cache)")
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
@@ -242,7 +247,7 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for minutes in args.minutes:
-        path, reference, duration = make_recording(minutes, folder, args.sparse)
+        path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         print(f"# {path.name}: {duration / 60:.1f} min, {path.stat().st_size / 2**20:.0f} MB",
               flush=True)  # fmt: skip
         results = {"harken": run_harken(path, args.model, home)}
