@@ -42,6 +42,13 @@ def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Itera
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
             raise InvalidAudio("The file has no audio stream.")
+        rate = stream.sample_rate or 0
+        if rate < _MIN_SAMPLE_RATE:
+            # A header claiming e.g. 1 Hz turns 32 KB of PCM into hours once resampled: a bomb.
+            raise InvalidAudio(
+                f"The audio's sample rate ({rate} Hz) is too low for speech: at least "
+                f"{_MIN_SAMPLE_RATE} Hz is needed."
+            )
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         total = 0
         bad_packets = 0
@@ -113,6 +120,7 @@ def decode_pcm16(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
     return out
 
 
+_MIN_SAMPLE_RATE = 2000  # Hz; telephony is 8000, nothing real is slower
 _PCM_BLOCK = 1 << 20  # samples (65 s, 2 MiB) per storage block while decoding
 
 
