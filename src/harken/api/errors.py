@@ -40,7 +40,65 @@ def describe_validation_error(errors: list[Any]) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
+ERROR_BODY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+_ERROR_STATUSES = {
+    "400": "Bad request: bad JSON, a missing or wrong field, audio that can't be decoded",
+    "401": "Missing or wrong API key",
+    "404": "Unknown model or route",
+    "408": "The request body arrived too slowly",
+    "413": "Body, payload or audio duration over a limit",
+    "429": "At capacity; retry after `Retry-After` seconds",
+    "503": "Shutting down, or the model is not loaded yet",
+}
+
+
+def document_error_body(schema: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAPI schema as clients see the API: the contract's errors, not FastAPI's 422."""
+    reference = {"$ref": "#/components/schemas/ErrorBody"}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in _ERROR_STATUSES.items():
+                responses.setdefault(
+                    status,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": reference}},
+                    },
+                )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    components["ErrorBody"] = ERROR_BODY_SCHEMA
+    return schema
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_error_body(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(HarkenError)
     async def _harken(request: Request, exc: HarkenError) -> JSONResponse:
         return error_response(exc)
