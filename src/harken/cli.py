@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,9 @@ def serve(
     except (WeightsUnavailable, ValueError) as exc:
         typer.echo(f"Cannot start: {exc}", err=True)
         raise typer.Exit(1) from exc
+    # uvicorn re-raises the signal it stopped on once it has drained; with a handler of our own
+    # that is a no-op, so a graceful SIGTERM exits 0 (what systemd and Kubernetes expect).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
