@@ -93,6 +93,7 @@ def raw_engine(model_name: str, clips: list[Any], home: Path, beam_size: int) ->
         "audio": sum(c.duration for c in clips),
         "latencies": latencies,
         "wer": corpus_wer(pairs),
+        "texts": {clip.id: text for clip, (_, text) in zip(clips, pairs, strict=True)},
     }
 
 
@@ -188,6 +189,7 @@ def run_level(
         "errors": sum(1 for o in outcomes if o.status not in (200, 429)),
         "rejected": sum(1 for o in outcomes if o.status == 429),
         "wer": corpus_wer([(o.clip.text, o.text) for o in ok]) if ok else float("nan"),
+        "done": [o.clip for o in ok],
         "rss": server.peak_rss_mb(),
     }
 
@@ -223,9 +225,14 @@ def main() -> None:
         flush=True,
     )
 
+    def raw_wer_on(done: list[Any]) -> float:
+        """The raw engine's WER on the same requests (a level may finish only some clips)."""
+        pairs = [(c.text, raw["texts"][c.id]) for c in done]
+        return corpus_wer(pairs) if pairs else float("nan")
+
     header = (
-        f"| config | clients | requests | throughput (audio-s/s) | × raw | p50 s | p95 s "
-        f"| errors | 429s | WER (raw {raw['wer']:.3f}) | peak RSS MB |"
+        "| config | clients | requests | throughput (audio-s/s) | × raw | p50 s | p95 s "
+        "| errors | 429s | WER | raw WER, same clips | peak RSS MB |"
     )
     rows = []
     for config_text in args.config or [""]:
@@ -240,7 +247,7 @@ def main() -> None:
                     f"| {config_text or 'defaults'} | {clients} | {r['requests']} | {tput:.2f} "
                     f"| {tput / raw_tput:.2f} | {percentile(r['latencies'], 0.5):.2f} "
                     f"| {percentile(r['latencies'], 0.95):.2f} | {r['errors']} | {r['rejected']} "
-                    f"| {r['wer']:.3f} | {r['rss']:.0f} |"
+                    f"| {r['wer']:.3f} | {raw_wer_on(r['done']):.3f} | {r['rss']:.0f} |"
                 )
                 rows.append(row)
                 print(row, flush=True)
