@@ -103,9 +103,15 @@ class Soak:
         return r.status_code, {400}
 
     def oversize(self, c: httpx.Client, rng: random.Random) -> tuple[int | None, set[int]]:
-        headers = {"content-type": "application/json", "content-length": "999999999"}
-        r = c.post("/v1/chat/completions", content=b"x" * 100, headers=headers)
-        return r.status_code, {413}
+        """Declares a gigabyte, sends 100 bytes: the 413 must come from the declaration."""
+        host, port = self.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                b"application/json\r\nContent-Length: 999999999\r\n\r\n" + b"x" * 100
+            )
+            head = sock.recv(4096)
+        return int(head.split()[1]), {413}
 
     def vanish(self, c: httpx.Client, rng: random.Random) -> tuple[int | None, set[int]]:
         body = json.dumps(self.chat_body(self.clip_url(rng))).encode()
@@ -138,7 +144,7 @@ class Soak:
                 kind = rng.choices(kinds, weights)[0]
                 try:
                     status, expected = getattr(self, kind)(c, rng)
-                except httpx.HTTPError as exc:
+                except (httpx.HTTPError, OSError, ValueError, IndexError) as exc:
                     status, expected = None, set()
                     with self.lock:
                         self.errors[f"{kind}: {type(exc).__name__}"] += 1
