@@ -202,10 +202,18 @@ class LocalRecognizer:
 
     def run(self, path: Path, options: Any, on_progress: Any = None) -> tuple[list[Any], Any]:
         """Segments and info for one file; `on_progress(seconds)` after each segment."""
-        from harken.audio import decode_audio
+        import dataclasses
 
-        audio = decode_audio(path.read_bytes(), max_seconds=self.settings.max_audio_seconds)
-        result = self.transcriber.transcribe(audio, options)
+        from harken.audio import decode_pcm16
+        from harken.engine import segmentation_from_settings, transcribe_long
+
+        # The server's path for long audio: int16 storage, cut at pauses, piece by piece.
+        audio = decode_pcm16(path.read_bytes(), max_seconds=self.settings.max_audio_seconds)
+        if options.segmentation is None:
+            options = dataclasses.replace(
+                options, segmentation=segmentation_from_settings(self.settings)
+            )
+        result = transcribe_long(self.transcriber, audio, options)
         segments = []
         for segment in result.segments:
             segments.append(segment)

@@ -28,8 +28,21 @@ __all__ = [
     "TranscriptionOptions",
     "Word",
     "load_transcriber",
+    "segmentation_from_settings",
     "transcribe_long",
 ]
+
+
+def segmentation_from_settings(settings: Settings) -> SegmentationOptions:
+    """How long audio is cut at pauses, as the operator configured it (HARKEN_VAD_*)."""
+    return SegmentationOptions(
+        enabled=settings.vad_enabled,
+        threshold=settings.vad_threshold,
+        min_silence_ms=settings.vad_min_silence_ms,
+        speech_pad_ms=settings.vad_speech_pad_ms,
+        max_piece_seconds=settings.vad_max_piece_seconds,
+        min_audio_seconds=settings.vad_max_piece_seconds,
+    )
 
 
 def load_transcriber(entry: ModelEntry, settings: Settings) -> Transcriber:

@@ -31,6 +31,7 @@ from harken.engine import (
     TranscriptionInfo,
     TranscriptionOptions,
     load_transcriber,
+    segmentation_from_settings,
     transcribe_long,
 )
 from harken.errors import InvalidRequest, Overloaded, UnsupportedLanguage
@@ -76,14 +77,7 @@ class TranscriptionService:
         self.load_error: str | None = None
         self.shutting_down = False
         self.started_at = int(time.time())
-        self.segmentation = SegmentationOptions(
-            enabled=settings.vad_enabled,
-            threshold=settings.vad_threshold,
-            min_silence_ms=settings.vad_min_silence_ms,
-            speech_pad_ms=settings.vad_speech_pad_ms,
-            max_piece_seconds=settings.vad_max_piece_seconds,
-            min_audio_seconds=settings.vad_max_piece_seconds,
-        )
+        self.segmentation = segmentation_from_settings(settings)
         # Pieces of audio handed to a model so far (progress; tests see work stop with it).
         self.pieces_started = 0
 
