@@ -208,7 +208,7 @@ def test_long_run_is_as_accurate_as_the_clips_one_by_one(
     assert abs(result.duration - recording.duration) < 0.1
     by_clip = words_by_clip(result.words, recording.placed)
     references = [p.clip.text for p in recording.placed]
-    joined = ["".join(w.word for w in by_clip[p.clip.id]) for p in recording.placed]
+    joined = [" ".join(w.word.strip() for w in by_clip[p.clip.id]) for p in recording.placed]
     alone = [one_by_one[p.clip.id] for p in recording.placed]
     long_wer, alone_wer = corpus_wer(references, joined), corpus_wer(references, alone)
     print(f"\nWER long run {long_wer:.4f}, clips one by one {alone_wer:.4f}")

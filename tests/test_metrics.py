@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any
 
 import httpx
@@ -110,6 +111,12 @@ def test_one_log_line_per_request_without_audio_or_keys(keyed_server, speech, ca
         assert response.status_code == 200, response.text
         bad_key = httpx.get(f"{keyed_server.url}/v1/models", headers={"api-key": "sk-wrong-key"})
         assert bad_key.status_code == 401
+        # The access line is written once the response has gone out: give the server a moment.
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(
+            bad_key.headers["x-request-id"] in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
 
     lines = [r.getMessage() for r in caplog.records if r.name == "harken.access"]
     entries = [json.loads(line) for line in lines]

@@ -4,9 +4,12 @@ Each piece (see `segmentation`) is at most one model window of audio, converted 
 only while it is transcribed, so memory does not grow with the length of the recording and the
 first segments come out after the first piece rather than after the whole file. Timestamps are
 shifted by the piece's offset; pieces never overlap, so no word is read twice at a join, and
-every stretch of speech is inside some piece, so none is skipped. The text recognised so far is
-the next piece's prompt (as Whisper conditions each window on the previous one), which keeps
-spelling and punctuation consistent across the joins.
+every stretch of speech is inside some piece, so none is skipped.
+
+Each piece is decoded on its own, with only the caller's prompt. Passing the previous pieces'
+text as the prompt (as Whisper does between its windows) was tried and measured worse: on a
+90 s reading, tiny.en then often gave one untimed segment per piece and dropped whole sentences
+(WER 0.23 against 0.04 for the clips read one by one); without it nothing was lost.
 """
 
 from __future__ import annotations
@@ -30,16 +33,9 @@ from harken.engine.types import (
     Transcription,
     TranscriptionInfo,
     TranscriptionOptions,
-    Word,
 )
 
 log = logging.getLogger(__name__)
-
-# How much earlier text is carried into the next piece's prompt (Whisper keeps ~220 tokens).
-_PROMPT_CHARS = 600
-# A piece decoded only at a high fallback temperature is likely garbage: don't pass it on
-# (Whisper's own rule for resetting its prompt).
-_PROMPT_RESET_TEMPERATURE = 0.5
 
 
 def transcribe_long(
@@ -103,16 +99,10 @@ def _segments(
     on_piece: Callable[[Piece], None] | None,
 ) -> Iterator[Segment]:
     next_id = 0
-    history = ""
     while True:
-        piece_text: list[str] = []
-        hot = False
         for segment in result.segments:
             yield _shifted(segment, piece, next_id)
             next_id += 1
-            piece_text.append(segment.text)
-            hot |= segment.temperature > _PROMPT_RESET_TEMPERATURE
-        history = "" if hot else _recent(history + "".join(piece_text))
         if should_stop():
             log.info("transcription stopped after the piece ending at %.1f s", piece.end / 16e3)
             return
@@ -122,43 +112,49 @@ def _segments(
         piece = following
         if on_piece is not None:
             on_piece(piece)
-        result = transcriber.transcribe(
-            as_float32(audio[piece.start : piece.end]),
-            dataclasses.replace(options, prompt=_prompt(options.prompt, history)),
-        )
-
-
-def _prompt(user_prompt: str | None, history: str) -> str | None:
-    """The caller's own prompt first (it is the vocabulary they asked for), then recent text."""
-    parts = [p.strip() for p in (user_prompt, history) if p and p.strip()]
-    return " ".join(parts) or None
-
-
-def _recent(text: str) -> str:
-    """The end of `text`, at most `_PROMPT_CHARS` long, starting at a word."""
-    if len(text) <= _PROMPT_CHARS:
-        return text
-    text = text[-_PROMPT_CHARS:]
-    if text[0].isspace():
-        return text
-    _, space, rest = text.partition(" ")
-    return " " + rest if space else text
+        result = transcriber.transcribe(as_float32(audio[piece.start : piece.end]), options)
 
 
 def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:
     offset = piece.offset
+    # Whisper may put a segment's end past the audio it was given: keep it inside the piece.
+    limit = (piece.end - piece.start) / SAMPLE_RATE
+    gaps = _pauses(piece)
     words = segment.words
     if words is not None:
         words = tuple(
-            Word(start=round(w.start + offset, 3), end=round(w.end + offset, 3), word=w.word,
-                 probability=w.probability)
+            dataclasses.replace(w, start=round(s + offset, 3), end=round(e + offset, 3))
             for w in words
-        )  # fmt: skip
+            for s, e in [_out_of_pauses(min(w.start, limit), min(w.end, limit), gaps)]
+        )
+    start, end = _out_of_pauses(min(segment.start, limit), min(segment.end, limit), gaps)
     return dataclasses.replace(
         segment,
         id=new_id,
         seek=segment.seek + piece.start * 100 // SAMPLE_RATE,
-        start=round(segment.start + offset, 3),
-        end=round(segment.end + offset, 3),
+        start=round(start + offset, 3),
+        end=round(end + offset, 3),
         words=words,
     )
+
+
+def _pauses(piece: Piece) -> list[tuple[float, float]]:
+    """The pauses between the stretches of speech inside a piece, in seconds from its start."""
+    return [
+        ((end - piece.start) / SAMPLE_RATE, (start - piece.start) / SAMPLE_RATE)
+        for (_, end), (start, _) in zip(piece.speech, piece.speech[1:], strict=False)
+    ]
+
+
+def _out_of_pauses(
+    start: float, end: float, pauses: list[tuple[float, float]]
+) -> tuple[float, float]:
+    """Whisper's word alignment sometimes stretches a word across a pause inside the piece
+    (`5,` from 545.7 s to 549.2 s over 2.7 s of silence). VAD heard no speech there: a start in
+    a pause moves to where speech resumes, an end in a pause back to where it stopped."""
+    for pause_start, pause_end in pauses:
+        if pause_start <= start < pause_end < end:
+            start = pause_end
+        if start < pause_start < end <= pause_end:
+            end = pause_start
+    return start, end

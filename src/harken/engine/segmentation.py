@@ -45,10 +45,12 @@ class SegmentationOptions:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A contiguous span of the original audio, in samples: [start, end)."""
+    """A contiguous span of the original audio, in samples: [start, end), with the stretches of
+    speech VAD found inside it (empty when the piece was cut without VAD)."""
 
     start: int
     end: int
+    speech: tuple[tuple[int, int], ...] = ()
 
     @property
     def offset(self) -> float:
@@ -89,12 +91,12 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
     current: Piece | None = None
     for start, end in spans:
         if current is None:
-            current = Piece(start, end)
+            current = Piece(start, end, ((start, end),))
         elif end - current.start <= max_piece and start - current.end <= max_gap:
-            current = Piece(current.start, end)
+            current = Piece(current.start, end, (*current.speech, (start, end)))
         else:
             yield current
-            current = Piece(start, end)
+            current = Piece(start, end, ((start, end),))
     if current is not None:
         yield current
 
