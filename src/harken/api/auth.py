@@ -7,12 +7,11 @@ parse megabytes of JSON, nor learn from a 400 what a valid request looks like), 
 
 from __future__ import annotations
 
-import json
-
 from fastapi import Request
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from harken.api.errors import send_error
 from harken.errors import AuthenticationFailed
 from harken.service.transcription import TranscriptionService
 
@@ -65,17 +64,6 @@ class ApiKeyMiddleware:
         try:
             check_key(self.service, Headers(scope=scope))
         except AuthenticationFailed as error:
-            body = json.dumps(error.body()).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error.status,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, error)
             return
         await self.app(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -9,10 +10,26 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
 
 from harken.errors import HarkenError, InvalidRequest, NotFound, ServerError
 
 log = logging.getLogger(__name__)
+
+
+async def send_error(send: Send, error: HarkenError, *, close: bool = False) -> None:
+    """The contract's error body sent straight over ASGI, for middleware that answers before
+    (or instead of) the routes; `close` asks the client to drop the connection."""
+    body = json.dumps(error.body()).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def error_response(error: HarkenError) -> JSONResponse:

@@ -7,11 +7,11 @@ doing with the partial body.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from harken.api.errors import send_error
 from harken.errors import FileTooLarge
 
 
@@ -75,16 +75,4 @@ async def _send_413(send: Send, limit: int) -> None:
     error = FileTooLarge(
         f"The request body is larger than this server's limit of {limit / 1048576:.1f} MB."
     )
-    body = json.dumps(error.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_error(send, error, close=True)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from harken.api.errors import send_error
 from harken.errors import HarkenError
 
 log = logging.getLogger(__name__)
@@ -107,20 +107,4 @@ class ClientTimeoutMiddleware:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         if timed_out is not None and not response_started:
-            await _send_error(send, timed_out)
-
-
-async def _send_error(send: Send, error: HarkenError) -> None:
-    body = json.dumps(error.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+            await send_error(send, close=True, error=timed_out)
