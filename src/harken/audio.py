@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from typing import cast
 
 import av
 import numpy as np
@@ -39,7 +40,7 @@ def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Itera
             "(wav, mp3, flac, ogg/opus, m4a/aac, webm)."
         ) from exc
     with container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
+        stream = next(iter(container.streams.audio), None)
         if stream is None:
             raise InvalidAudio("The file has no audio stream.")
         rate = stream.sample_rate or 0
@@ -63,7 +64,7 @@ def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Itera
                         break
                     continue
                 for frame in frames:
-                    for out in resampler.resample(frame):
+                    for out in resampler.resample(cast(av.AudioFrame, frame)):
                         chunk = _to_mono_float(out)
                         total += chunk.shape[0]
                         if max_samples is not None and total > max_samples:
@@ -114,8 +115,10 @@ def decode_pcm16(data: bytes, *, max_seconds: float | None = None) -> np.ndarray
     total = len(blocks) * _PCM_BLOCK + used
     out = np.empty(total, dtype=np.int16)
     for index in range(len(blocks)):
-        out[index * _PCM_BLOCK : (index + 1) * _PCM_BLOCK] = blocks[index]
-        blocks[index] = None
+        full = blocks[index]
+        assert full is not None
+        out[index * _PCM_BLOCK : (index + 1) * _PCM_BLOCK] = full
+        blocks[index] = None  # each block is freed once copied: no double-size peak
     out[total - used :] = block[:used]
     return out
 

@@ -38,7 +38,7 @@ class ModelEntry:
     description: str
     backend: str
     locate: Callable[[Settings], Path | str] = field(repr=False, compare=False)
-    config: ModelConfig = field(default_factory=ModelConfig)
+    config: ModelConfig = field(default_factory=lambda: ModelConfig())
 
     def weights(self, settings: Settings) -> Path | str:
         """A local model directory, or (for hub models) the id faster-whisper downloads."""

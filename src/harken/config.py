@@ -30,9 +30,11 @@ def _default_home() -> Path:
 class ModelConfig(BaseModel):
     """One model the operator adds to the catalog (or an override of a built-in one)."""
 
-    path: Path | None = Field(None, description="A local CTranslate2 Whisper model directory.")
+    path: Path | None = Field(
+        default=None, description="A local CTranslate2 Whisper model directory."
+    )
     hub: str | None = Field(
-        None, description="A hub repository id or faster-whisper size name; needs the network."
+        default=None, description="A hub repository id or faster-whisper size name (needs network)."
     )
     backend: Literal["faster-whisper"] = "faster-whisper"
     compute_type: str | None = None
@@ -79,18 +81,18 @@ class Settings(BaseSettings):
 
     # --- long audio: cut at pauses found by Silero VAD (requests may override: chunking_strategy)
     vad_enabled: bool = True
-    vad_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    vad_min_silence_ms: int = Field(500, ge=0)
-    vad_speech_pad_ms: int = Field(200, ge=0)
-    vad_max_piece_seconds: float = Field(30.0, ge=5.0, le=30.0)
+    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    vad_min_silence_ms: int = Field(default=500, ge=0)
+    vad_speech_pad_ms: int = Field(default=200, ge=0)
+    vad_max_piece_seconds: float = Field(default=30.0, ge=5.0, le=30.0)
 
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
     workers: int = 1  # model workers; each runs one (batched) model call at a time
-    threads_per_worker: int = Field(0, ge=0)  # 0: cpu_threads (or every core) split evenly
-    batch_size: int = Field(8, ge=1)  # windows of different requests per model call; 1: off
-    max_active: int = Field(0, ge=0)  # requests decoding at once; 0: workers × batch_size
+    threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (or every core) split evenly
+    batch_size: int = Field(default=8, ge=1)  # windows of different requests per model call; 1: off
+    max_active: int = Field(default=0, ge=0)  # requests decoding at once; 0: workers × batch_size
     max_queue: int = 64
-    request_timeout_seconds: float = Field(3600.0, ge=0.0)  # per-request deadline; 0: none
+    request_timeout_seconds: float = Field(default=3600.0, ge=0.0)  # per-request deadline; 0: none
     shutdown_grace_seconds: float = 30.0
 
     @field_validator("*", mode="before")
