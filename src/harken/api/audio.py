@@ -18,7 +18,7 @@ from harken.api.auth import require_api_key
 from harken.api.sse import sse_error, sse_event, sse_headers
 from harken.engine import Segment, TranscriptionInfo, TranscriptionOptions
 from harken.engine.types import Task
-from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest, ServerError
+from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest
 from harken.formats import TextJoiner, render
 from harken.service.scheduler import JobStream
 from harken.service.transcription import AudioUsage, TranscriptionService, duration_of
@@ -204,11 +204,8 @@ async def _events(
             }
         )
         yield b"data: [DONE]\n\n"
-    except HarkenError as exc:
+    except Exception as exc:
         yield sse_error(exc)
-    except Exception:
-        log.exception("transcription failed mid-stream")
-        yield sse_error(ServerError("The transcription failed (a bug); the stream ends here."))
     finally:
         await job.aclose()
 

@@ -23,7 +23,6 @@ from harken.errors import (
     HarkenError,
     InvalidAudio,
     InvalidRequest,
-    ServerError,
 )
 from harken.formats import TextJoiner
 from harken.service.transcription import (
@@ -345,10 +344,7 @@ async def _stream(
                 }
             )
         yield b"data: [DONE]\n\n"
-    except HarkenError as exc:
+    except Exception as exc:
         yield sse_error(exc)
-    except Exception:
-        log.exception("transcription failed mid-stream")
-        yield sse_error(ServerError("The transcription failed (a bug); the stream ends here."))
     finally:
         await job.aclose()
