@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +23,10 @@ from harken.engine.types import (
 )
 
 log = logging.getLogger(__name__)
+
+# Whisper reads 30-second windows.
+_WINDOW_SECONDS = 30.0
+_SAMPLE_RATE = 16000
 
 # Whisper's own fallback: retry a window at higher temperature when decoding degenerates.
 _TEMPERATURE_FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -63,10 +69,9 @@ class FasterWhisperTranscriber:
         self.compute_type = pick_compute_type(self.device, compute_type)
         self.beam_size = beam_size
         self.max_concurrency = max(1, max_concurrency)
-        threads = cpu_threads or os.cpu_count() or 1
-        if self.device == "cpu" and self.max_concurrency > 1:
-            threads = max(1, threads // self.max_concurrency)
-        threads = threads_per_worker or threads
+        # Every worker may use every core: a lone request then runs at full speed, and under
+        # load two workers sharing the cores measured no slower than splitting them.
+        threads = threads_per_worker or cpu_threads or os.cpu_count() or 1
         self._model = WhisperModel(
             str(weights),
             device=self.device,
@@ -83,6 +88,10 @@ class FasterWhisperTranscriber:
             self.batcher = install_batching(
                 self._model, max_batch=batch_size, executors=self.max_concurrency
             )
+        # Reading an unknown language costs faster-whisper a second encoder pass over the first
+        # window (once to detect, once to transcribe); the encoding is reused instead.
+        self._encodings = _ReuseLastEncoding(self._model.encode)
+        self._model.encode = self._encodings  # type: ignore[method-assign]
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self._tokenizer = self._model.hf_tokenizer
         log.info(
@@ -100,9 +109,14 @@ class FasterWhisperTranscriber:
 
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
         temperature = _TEMPERATURE_FALLBACK if options.temperature is None else options.temperature
+        audio = as_float32(audio)
+        self._encodings.forget()
+        language, probability = options.language, None
+        if language is None and self.multilingual and len(audio) <= _WINDOW_SECONDS * _SAMPLE_RATE:
+            language, probability = self._detect_language(audio)
         segments, info = self._model.transcribe(
-            as_float32(audio),
-            language=options.language,
+            audio,
+            language=language,
             task=options.task,
             beam_size=options.beam_size or self.beam_size,
             temperature=temperature,
@@ -115,14 +129,61 @@ class FasterWhisperTranscriber:
         return Transcription(
             info=TranscriptionInfo(
                 language=info.language,
-                language_probability=float(info.language_probability),
+                language_probability=float(
+                    info.language_probability if probability is None else probability
+                ),
                 duration=float(info.duration),
             ),
-            segments=_convert(segments),
+            segments=_convert(segments, on_end=self._encodings.forget),
         )
 
+    def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """Detect the language on exactly the window faster-whisper transcribes first.
 
-def _convert(segments: Iterator) -> Iterator[Segment]:
+        Left to itself, faster-whisper detects on a window that keeps the last frame of a short
+        clip, which its transcription then drops, so the two encodings differ by a frame and
+        neither can stand in for the other. Detecting on the transcribed window makes the
+        transcription's own encoding the one reused, so the text is the raw engine's.
+        """
+        features = self._model.feature_extractor(audio)
+        language, probability, _ = self._model.detect_language(
+            features=features[:, : features.shape[-1] - 1]
+        )
+        return language, float(probability)
+
+
+class _ReuseLastEncoding:
+    """Stands in for `WhisperModel.encode`: each thread's last window and its encoding are kept,
+    and the same window asked again gets the kept encoding instead of a second encoder pass.
+    The encoder is deterministic, so this changes no result; `forget` drops what a thread kept
+    once its transcription is over."""
+
+    def __init__(self, encode: Callable[[np.ndarray], Any]) -> None:
+        self._encode = encode
+        self._local = threading.local()
+        self.reused = 0
+
+    def __call__(self, features: np.ndarray) -> Any:
+        last = getattr(self._local, "last", None)
+        if last is not None and np.array_equal(last[0], features):
+            self.reused += 1
+            return last[1]
+        encoded = self._encode(features)
+        self._local.last = (np.array(features, copy=True), encoded)
+        return encoded
+
+    def forget(self) -> None:
+        self._local.last = None
+
+
+def _convert(segments: Iterator, on_end: Callable[[], None]) -> Iterator[Segment]:
+    try:
+        yield from _segments(segments)
+    finally:
+        on_end()
+
+
+def _segments(segments: Iterator) -> Iterator[Segment]:
     for s in segments:
         words = None
         if s.words is not None:

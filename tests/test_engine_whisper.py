@@ -1,0 +1,116 @@
+"""The engine under the scheduler: one encoder pass per short clip when the language is unknown,
+with the raw engine's words, and a batcher whose executors lose no call under contention."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ctranslate2
+import numpy as np
+import pytest
+
+from harken.audio import decode_audio
+from harken.catalog import Catalog
+from harken.config import Settings
+from harken.engine import TranscriptionOptions
+from harken.engine.batching import BatchingWhisper
+from harken.engine.whisper import FasterWhisperTranscriber
+
+# English, Mandarin and French, all under 30 s: each is one window.
+CLIPS = ["jfk_inaugural_1961", "aishell1_BAC009S0764W0122", "picovoice_test_fr"]
+
+
+@pytest.fixture(scope="module")
+def base_weights(harken_home: Path) -> Path:
+    settings = Settings(home=harken_home)
+    return Catalog(settings).resolve("whisper-base").weights(settings)
+
+
+def test_an_unknown_language_costs_one_encoder_pass_and_keeps_the_raw_engines_words(
+    base_weights: Path, speech: dict[str, Any]
+) -> None:
+    from faster_whisper import WhisperModel
+
+    raw = WhisperModel(str(base_weights), device="cpu", compute_type="float32", cpu_threads=2)
+    raw_passes = 0
+    raw_encode = raw.encode
+
+    def counting_encode(features: Any) -> Any:
+        nonlocal raw_passes
+        raw_passes += 1
+        return raw_encode(features)
+
+    raw.encode = counting_encode  # type: ignore[method-assign]
+    ours = FasterWhisperTranscriber(
+        "whisper-base", base_weights, device="cpu", cpu_threads=2, batch_size=8, max_concurrency=2
+    )
+    assert ours.batcher is not None
+    try:
+        for name in CLIPS:
+            audio = decode_audio(speech[name].bytes())
+            segments, info = raw.transcribe(audio, beam_size=5)
+            want = "".join(s.text for s in segments)
+
+            windows = ours.batcher.stats.windows
+            result = ours.transcribe(audio, TranscriptionOptions())
+            have = "".join(s.text for s in result.segments)
+
+            assert have == want, name
+            assert result.info.language == info.language == speech[name].language, name
+            assert result.info.language_probability == pytest.approx(
+                info.language_probability, abs=0.02
+            )
+            assert ours.batcher.stats.windows - windows == 1, f"{name}: encoded more than once"
+        # The raw engine encodes each clip twice: once to detect the language, once to read it.
+        assert raw_passes == 2 * len(CLIPS)
+    finally:
+        ours.batcher.close()
+
+
+def test_a_known_language_is_not_detected(base_weights: Path, speech: dict[str, Any]) -> None:
+    ours = FasterWhisperTranscriber("whisper-base", base_weights, device="cpu", batch_size=1)
+    audio = decode_audio(speech["picovoice_test_fr"].bytes())
+    result = ours.transcribe(audio, TranscriptionOptions(language="fr"))
+    assert result.info.language == "fr"
+    assert result.info.language_probability == 1
+    assert "".join(s.text for s in result.segments).strip()
+
+
+class _Doubler:
+    """A stand-in for CTranslate2's Whisper with the same call shapes: `encode` doubles the
+    features, `generate` echoes each prompt. Slow enough that callers pile up."""
+
+    def encode(self, features: Any, to_cpu: bool = False) -> Any:
+        time.sleep(0.001)
+        return ctranslate2.StorageView.from_array(np.asarray(features) * 2)
+
+    def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+        time.sleep(0.001)
+        return [list(prompt) for prompt in prompts]
+
+
+def test_two_executors_lose_no_call_when_they_race_for_the_same_work() -> None:
+    # Two executors linger for the same returning callers; one takes the calls, and the other
+    # must go back to waiting (it once died on an empty queue, leaving callers hanging).
+    batcher = BatchingWhisper(_Doubler(), sot_token=1, max_batch=4, executors=2)
+
+    def caller(worker: int) -> int:
+        for round_ in range(60):
+            value = worker * 1000 + round_
+            features = np.full((1, 4, 6), value, dtype=np.float32)
+            encoded = np.asarray(batcher.encode(features))
+            assert (encoded == 2 * value).all()
+            assert batcher.generate(features, [[1, worker, round_]]) == [[1, worker, round_]]
+        return worker
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(caller, worker) for worker in range(8)]
+            assert sorted(f.result(timeout=60) for f in futures) == list(range(8))
+        assert all(thread.is_alive() for thread in batcher._threads)
+        assert any(size > 1 for (_, size) in batcher.stats.batches), "nothing was batched"
+    finally:
+        batcher.close()
