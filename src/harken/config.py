@@ -87,8 +87,8 @@ class Settings(BaseSettings):
     vad_max_piece_seconds: float = Field(default=30.0, ge=5.0, le=30.0)
 
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
-    workers: int = 1  # model workers; each runs one (batched) model call at a time
-    threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (or every core) split evenly
+    workers: int = Field(default=2, ge=1)  # model workers; each runs one (batched) call at a time
+    threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (0: every core) per worker
     batch_size: int = Field(default=8, ge=1)  # windows of different requests per model call; 1: off
     max_active: int = Field(default=0, ge=0)  # requests decoding at once; 0: workers × batch_size
     max_queue: int = 64
