@@ -29,6 +29,11 @@ def base_weights(harken_home: Path) -> Path:
     return Catalog(settings).resolve("whisper-base").weights(settings)
 
 
+@pytest.fixture(scope="module")
+def unbatched(base_weights: Path) -> FasterWhisperTranscriber:
+    return FasterWhisperTranscriber("whisper-base", base_weights, device="cpu", batch_size=1)
+
+
 def test_an_unknown_language_costs_one_encoder_pass_and_keeps_the_raw_engines_words(
     base_weights: Path, speech: dict[str, Any]
 ) -> None:
@@ -70,13 +75,24 @@ def test_an_unknown_language_costs_one_encoder_pass_and_keeps_the_raw_engines_wo
         ours.batcher.close()
 
 
-def test_a_known_language_is_not_detected(base_weights: Path, speech: dict[str, Any]) -> None:
-    ours = FasterWhisperTranscriber("whisper-base", base_weights, device="cpu", batch_size=1)
+def test_a_known_language_is_not_detected(
+    unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
+) -> None:
     audio = decode_audio(speech["picovoice_test_fr"].bytes())
-    result = ours.transcribe(audio, TranscriptionOptions(language="fr"))
+    result = unbatched.transcribe(audio, TranscriptionOptions(language="fr"))
     assert result.info.language == "fr"
     assert result.info.language_probability == 1
     assert "".join(s.text for s in result.segments).strip()
+
+
+@pytest.mark.parametrize("samples", [1, 159, 160, 161, 480])
+def test_a_blip_of_audio_still_gets_a_language(
+    unbatched: FasterWhisperTranscriber, samples: int
+) -> None:
+    audio = (np.sin(np.arange(samples) / 5.0) * 0.1).astype(np.float32)
+    result = unbatched.transcribe(audio, TranscriptionOptions())
+    list(result.segments)
+    assert result.info.language in unbatched.supported_languages()
 
 
 class _Doubler:

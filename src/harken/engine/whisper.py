@@ -146,9 +146,8 @@ class FasterWhisperTranscriber:
         transcription's own encoding the one reused, so the text is the raw engine's.
         """
         features = self._model.feature_extractor(audio)
-        language, probability, _ = self._model.detect_language(
-            features=features[:, : features.shape[-1] - 1]
-        )
+        frames = max(1, features.shape[-1] - 1)  # a blip of audio still gets one frame
+        language, probability, _ = self._model.detect_language(features=features[:, :frames])
         return language, float(probability)
 
 
