@@ -34,7 +34,7 @@ SPEECH = ROOT.parent / "shared" / "data" / "speech"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from conftest import free_port, load_manifest, wer  # noqa: E402
+from conftest import free_port, load_manifest, wait_healthy, wer  # noqa: E402
 
 
 @dataclass
@@ -112,16 +112,7 @@ class Server:
              "--log-level", "warning"],
             env=env,
         )  # fmt: skip
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.2)
+        wait_healthy(self.url, lambda: self.process.poll() is None, timeout=300)
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

@@ -104,6 +104,28 @@ class RunningServer:
         return self.app.state.service
 
 
+def wait_healthy(
+    url: str,
+    alive: Callable[[], bool],
+    timeout: float = 120,
+    log: Callable[[], str] = lambda: "",
+) -> None:
+    """Wait until the server at `url` answers GET /health with 200. Raises RuntimeError (with
+    what `log` gives) if `alive()` turns false first, or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if not alive():
+            raise RuntimeError(f"the server at {url} stopped before it was ready\n{log()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} was not ready in {timeout:.0f} s\n{log()}")
+        time.sleep(0.2)
+
+
 @contextmanager
 def run_server(home: Path, **overrides: Any) -> Iterator[RunningServer]:
     """A real uvicorn server on a free loopback port, in a thread, ready when yielded."""
@@ -116,16 +138,7 @@ def run_server(home: Path, **overrides: Any) -> Iterator[RunningServer]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not become ready")
-        time.sleep(0.1)
+    wait_healthy(url, thread.is_alive)
     try:
         yield RunningServer(url, settings, app)
     finally:

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import free_port, run_server
+from tests.conftest import free_port, run_server, wait_healthy
 
 KEYS = ("sk-test-one", "sk-test-two")
 MODEL = "whisper-tiny.en"
@@ -247,16 +246,11 @@ def test_insecure_no_auth_and_keys_each_allow_it(clean_env: dict[str, str], serv
             env={**clean_env, **extra_env},
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.2)
+            wait_healthy(
+                f"http://127.0.0.1:{port}",
+                lambda p=process: p.poll() is None,
+                log=lambda p=process: p.stdout.read() if p.stdout else "",
+            )
             models = httpx.get(f"http://127.0.0.1:{port}/v1/models")
             assert models.status_code == (401 if extra_env else 200)
         finally:

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 MODEL = "whisper-tiny.en"
 KEY = "sk-shutdown-secret-0123"
@@ -44,16 +44,7 @@ def test_sigterm_finishes_admitted_work_then_exits_cleanly(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_healthy(url, lambda: process.poll() is None, timeout=180, log=log_path.read_text)
 
         clip = speech["jfk_inaugural_1961"]
         body = {

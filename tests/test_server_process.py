@@ -16,23 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_healthy
 
 HARKEN = str(Path(sys.executable).with_name("harken"))
-
-
-def wait_ready(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"harken serve exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("harken serve did not become ready")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +37,7 @@ def served(harken_home: Path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_ready(port, process)
+        wait_healthy(f"http://127.0.0.1:{port}", lambda: process.poll() is None)
         yield port
     finally:
         process.terminate()
