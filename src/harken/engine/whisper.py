@@ -24,10 +24,6 @@ from harken.engine.types import (
 
 log = logging.getLogger(__name__)
 
-# Whisper reads 30-second windows.
-_WINDOW_SECONDS = 30.0
-_SAMPLE_RATE = 16000
-
 # Whisper's own fallback: retry a window at higher temperature when decoding degenerates.
 _TEMPERATURE_FALLBACK = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -112,7 +108,8 @@ class FasterWhisperTranscriber:
         audio = as_float32(audio)
         self._encodings.forget()
         language, probability = options.language, None
-        if language is None and self.multilingual and len(audio) <= _WINDOW_SECONDS * _SAMPLE_RATE:
+        one_window = len(audio) <= self._model.feature_extractor.n_samples  # 30 s
+        if language is None and self.multilingual and one_window:
             language, probability = self._detect_language(audio)
         segments, info = self._model.transcribe(
             audio,
@@ -143,7 +140,9 @@ class FasterWhisperTranscriber:
         Left to itself, faster-whisper detects on a window that keeps the last frame of a short
         clip, which its transcription then drops, so the two encodings differ by a frame and
         neither can stand in for the other. Detecting on the transcribed window makes the
-        transcription's own encoding the one reused, so the text is the raw engine's.
+        transcription's own encoding the one reused, so the text is the raw engine's. The mel
+        features are computed here and again by faster-whisper (about 25 ms for 30 s, against
+        the second encoder pass of about a second that this saves).
         """
         features = self._model.feature_extractor(audio)
         frames = max(1, features.shape[-1] - 1)  # a blip of audio still gets one frame
