@@ -120,6 +120,11 @@ class Server:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -144,6 +149,7 @@ def run_level(
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     counter = iter(range(requests))
+    cpu_before = server.cpu_seconds()
     started = time.perf_counter()
 
     def client() -> None:
@@ -171,6 +177,7 @@ def run_level(
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    cpu = server.cpu_seconds() - cpu_before
     ok = [o for o in outcomes if o.status == 200]
     return {
         "clients": clients,
@@ -183,6 +190,7 @@ def run_level(
         "wer": corpus_wer([(o.clip.text, o.text) for o in ok]) if ok else float("nan"),
         "done": [o.clip for o in ok],
         "rss": server.peak_rss_mb(),
+        "busy": cpu / wall,
     }
 
 
@@ -233,7 +241,7 @@ def main() -> None:
             f"| {label} | {r['clients']} | {r['requests']} | {tput:.2f} "
             f"| {tput / raw['tput']:.2f} | {percentile(r['latencies'], 0.5):.2f} "
             f"| {percentile(r['latencies'], 0.95):.2f} | {r['errors']} | {r['rejected']} "
-            f"| {r['wer']:.3f} | {raw_wer_on(r['done']):.3f} | {r['rss']:.0f} |"
+            f"| {r['wer']:.3f} | {raw_wer_on(r['done']):.3f} | {r['busy']:.2f} | {r['rss']:.0f} |"
         )
 
     def single_request_ratio(r: dict[str, Any]) -> str:
@@ -261,7 +269,7 @@ def main() -> None:
 
     header = (
         "| config | clients | requests | throughput (audio-s/s) | × raw | p50 s | p95 s "
-        "| errors | 429s | WER | raw WER, same clips | peak RSS MB |"
+        "| errors | 429s | WER | raw WER, same clips | server cores busy | peak RSS MB |"
     )
     print()
     print(f"raw engine sequential: {raw['tput']:.2f} audio-s/s (the faster of two runs)")
