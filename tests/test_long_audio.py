@@ -10,6 +10,7 @@ the file (and what it says) is known.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import itertools
 import json
@@ -26,7 +27,9 @@ import pytest
 
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
-from harken.engine.segmentation import plan_pieces
+from harken.engine.longform import _shifted
+from harken.engine.segmentation import Piece, plan_pieces
+from harken.engine.types import Segment, Word
 from harken.errors import InvalidRequest
 from harken.service.transcription import parse_chunking_strategy
 from tests.conftest import Clip, normalize_text
@@ -138,21 +141,54 @@ def sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
 # --- where the cuts fall
 def test_pieces_are_short_cut_in_pauses_and_cover_all_speech(recording: Recording):
     pieces = list(plan_pieces(recording.samples, SegmentationOptions()))
-    assert len(pieces) > 10
+    assert len(pieces) > 1
+    assert len(pieces[0].speech) == 1  # the first text comes after one stretch of speech
     for before, after in itertools.pairwise(pieces):
         assert before.end <= after.start  # no audio is read twice
-    for piece in pieces:
-        assert 0 < piece.seconds <= 30.0
     covered = np.zeros(recording.samples.shape[0], dtype=bool)
     for piece in pieces:
-        covered[piece.start : piece.end] = True
+        assert 0 < piece.seconds <= 30.0
+        assert piece.read[0][0] == piece.start and piece.read[-1][1] == piece.end
+        for (_, end), (start, _) in itertools.pairwise(piece.read):
+            assert end + 3 * SAMPLE_RATE < start  # only long pauses are left out
+        for start, end in piece.read:
+            covered[start:end] = True
+        assert len(piece.samples(recording.samples)) == round(piece.seconds * SAMPLE_RATE)
     for placed in recording.placed:
         span = covered[int(placed.start * SAMPLE_RATE) : int(placed.end * SAMPLE_RATE)]
         # Only a clip's own leading/trailing silence may be left out.
         assert span.mean() > 0.8, (placed.clip.id, span.mean())
-    # The long pauses are skipped: the model reads far less than the whole file.
+    # The long pauses are skipped: the model reads far less than the whole file, and the
+    # pieces are filled with speech rather than ended at the first long pause.
     read = sum(piece.seconds for piece in pieces)
     assert read < 0.8 * recording.duration, read
+    assert read / len(pieces) > 20.0, [piece.seconds for piece in pieces]
+
+
+def test_times_map_back_through_the_parts_a_piece_read():
+    """A piece that read 1–3 s and 10–12 s of a recording (the pause between left out)."""
+    piece = Piece(16_000, 192_000, ((16_000, 48_000), (160_000, 192_000)),
+                  ((16_000, 48_000), (160_000, 192_000)))  # fmt: skip
+    words = (Word(0.5, 1.0, " one", 0.9), Word(1.6, 2.0, " two", 0.9),
+             Word(2.0, 2.6, " three", 0.9), Word(2.7, 3.2, " four", 0.9),
+             Word(3.5, 4.5, " five", 0.9))  # fmt: skip
+    segment = Segment(id=0, seek=0, start=0.5, end=4.5, text=" one two three four five",
+                      tokens=(), temperature=0.0, avg_logprob=-0.1, compression_ratio=1.0,
+                      no_speech_prob=0.0, words=words)  # fmt: skip
+    shifted = _shifted(segment, piece, new_id=7)
+    assert (shifted.id, shifted.seek, shifted.start, shifted.end) == (7, 100, 1.5, 12.0)
+    assert [(w.start, w.end) for w in shifted.words] == [
+        (1.5, 2.0),
+        (2.6, 3.0),  # in the first part
+        (10.0, 10.6),  # starts where the second part begins, not at the first one's end
+        (10.7, 11.2),
+        (11.5, 12.0),  # past the audio read: kept inside the piece
+    ]
+    # A word whose alignment ran across the join stays on the side holding most of it.
+    across = dataclasses.replace(segment, words=(Word(1.7, 2.2, " six", 0.9),
+                                                 Word(1.9, 2.5, " seven", 0.9)))  # fmt: skip
+    assert [(w.start, w.end) for w in _shifted(across, piece, 0).words] == [
+        (2.7, 3.0), (10.0, 10.5)]  # fmt: skip
 
 
 def test_short_clips_take_the_unchanged_path(server: Any, speech: dict[str, Clip]):
@@ -329,7 +365,7 @@ def test_client_leaving_mid_stream_stops_the_work(
     time.sleep(1.0)
     assert service.pieces_started - before == done  # and nothing more was started
     assert done <= 3, (done, pieces)
-    assert pieces > 10
+    assert pieces >= 2 * done + 1, (done, pieces)  # stopped before half the file was started
 
 
 # --- chunking_strategy

@@ -3,8 +3,9 @@
 Each piece (see `segmentation`) is at most one model window of audio, converted to float32
 only while it is transcribed, so memory does not grow with the length of the recording and the
 first segments come out after the first piece rather than after the whole file. Timestamps are
-shifted by the piece's offset; pieces never overlap, so no word is read twice at a join, and
-every stretch of speech is inside some piece, so none is skipped.
+mapped back through the piece's parts (a time in a part moves by that part's offset); pieces
+never overlap, so no word is read twice at a join, and every stretch of speech is inside some
+piece, so none is skipped.
 
 Each piece is decoded on its own, with only the caller's prompt. Passing the previous pieces'
 text as the prompt (as Whisper does between its windows) was tried and measured worse: on a
@@ -14,6 +15,7 @@ text as the prompt (as Whisper does between its windows) was tried and measured 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
@@ -73,7 +75,7 @@ def transcribe_long(
 
     if on_piece is not None:
         on_piece(first)
-    result = transcriber.transcribe(as_float32(audio[first.start : first.end]), options)
+    result = transcriber.transcribe(as_float32(first.samples(audio)), options)
     info = TranscriptionInfo(
         language=result.info.language,
         language_probability=result.info.language_probability,
@@ -112,36 +114,86 @@ def _segments(
         piece = following
         if on_piece is not None:
             on_piece(piece)
-        result = transcriber.transcribe(as_float32(audio[piece.start : piece.end]), options)
+        result = transcriber.transcribe(as_float32(piece.samples(audio)), options)
 
 
 def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:
-    offset = piece.offset
-    # Whisper may put a segment's end past the audio it was given: keep it inside the piece.
-    limit = (piece.end - piece.start) / SAMPLE_RATE
-    gaps = _pauses(piece)
+    clock = _PieceClock(piece)
+    pauses = _pauses(piece)
+
+    def span(start: float, end: float, word: bool) -> tuple[float, float]:
+        if word:
+            start, end = clock.word(start, end)
+        else:
+            start, end = clock.start(start), clock.end(end)
+        start, end = _out_of_pauses(start, end, pauses)
+        return round(start, 3), round(end, 3)
+
     words = segment.words
     if words is not None:
         words = tuple(
-            dataclasses.replace(w, start=round(s + offset, 3), end=round(e + offset, 3))
+            dataclasses.replace(w, start=start, end=end)
             for w in words
-            for s, e in [_out_of_pauses(min(w.start, limit), min(w.end, limit), gaps)]
+            for start, end in [span(w.start, w.end, word=True)]
         )
-    start, end = _out_of_pauses(min(segment.start, limit), min(segment.end, limit), gaps)
+    start, end = span(segment.start, segment.end, word=False)
     return dataclasses.replace(
         segment,
         id=new_id,
-        seek=segment.seek + piece.start * 100 // SAMPLE_RATE,
-        start=round(start + offset, 3),
-        end=round(end + offset, 3),
+        seek=round(clock.start(segment.seek / 100) * 100),
+        start=start,
+        end=end,
         words=words,
     )
 
 
+class _PieceClock:
+    """Maps seconds into the audio a piece read to seconds of the original recording.
+
+    A time inside a part moves by that part's offset. Where two parts meet (a pause was left
+    out there) the same moment is both the first part's end and the next part's start, so a
+    start maps to where speech resumes and an end to where it stopped. Whisper may put a time
+    past the audio it was given: it is kept inside the piece."""
+
+    def __init__(self, piece: Piece) -> None:
+        self.parts = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in piece.read]
+        self.begins: list[float] = []  # where each part begins in the piece's own audio
+        read = 0.0
+        for a, b in self.parts:
+            self.begins.append(read)
+            read += b - a
+
+    def start(self, t: float) -> float:
+        index = max(0, bisect.bisect_right(self.begins, t) - 1)
+        return self._map(index, t)
+
+    def end(self, t: float) -> float:
+        index = max(0, bisect.bisect_left(self.begins, t) - 1)
+        return self._map(index, t)
+
+    def word(self, start: float, end: float) -> tuple[float, float]:
+        """A word is said on one side of a left-out pause: one that Whisper's alignment ran
+        across a join is kept in the part that holds most of it."""
+        first = max(0, bisect.bisect_right(self.begins, start) - 1)
+        last = max(0, bisect.bisect_left(self.begins, end) - 1)
+        if first == last:
+            return self._map(first, start), self._map(last, end)
+        join = self.begins[first + 1]
+        if join - start >= end - join:
+            return self._map(first, start), self._map(first, join)
+        join = self.begins[last]
+        return self._map(last, join), self._map(last, end)
+
+    def _map(self, index: int, t: float) -> float:
+        a, b = self.parts[index]
+        return min(b, a + max(0.0, t - self.begins[index]))
+
+
 def _pauses(piece: Piece) -> list[tuple[float, float]]:
-    """The pauses between the stretches of speech inside a piece, in seconds from its start."""
+    """The pauses between the stretches of speech inside a piece, in seconds of the recording
+    (whether read or left out)."""
     return [
-        ((end - piece.start) / SAMPLE_RATE, (start - piece.start) / SAMPLE_RATE)
+        (end / SAMPLE_RATE, start / SAMPLE_RATE)
         for (_, end), (start, _) in zip(piece.speech, piece.speech[1:], strict=False)
     ]
 

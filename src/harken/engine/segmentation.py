@@ -1,10 +1,15 @@
-"""Where to cut long audio: pieces of at most ~30 s that begin and end in pauses.
+"""Where to cut long audio: pieces of at most ~30 s of speech, cut in pauses.
 
 Whisper reads 30-second windows. Cutting a long recording into fixed windows splits words at
 the seams (and the model then drops or repeats them); cutting where nobody speaks does not.
 Silero VAD (bundled with faster-whisper) finds the speech; neighbouring stretches of speech are
-joined into pieces up to `max_piece_seconds` long, each a contiguous span of the original audio,
-so a piece's timestamps map back by adding its offset.
+joined into pieces whose audio is at most `max_piece_seconds` long. A pause of up to
+`_MAX_GAP_SECONDS` inside a piece is read as it is; a longer one is left out (the model is not
+given long silences, where Whisper tends to invent text), so a piece reads one or more parts
+of the original audio, one after another, and fills its window with speech instead of ending
+at the first long pause (fewer windows to decode). The first stretch of speech is read alone,
+so that the first text of a stream is not held back. Each part's timestamps map back by adding
+its offset.
 
 Everything here works as a stream over the samples: the VAD runs block by block carrying its
 recurrent state, and each piece is yielded as soon as the audio after it shows where it ends.
@@ -23,8 +28,8 @@ SAMPLE_RATE = 16_000
 _WINDOW = 512  # Silero's window at 16 kHz
 _CONTEXT = 64  # samples of the previous window Silero sees with each window
 _BLOCK_WINDOWS = 1875  # VAD block: 60 s of audio per ONNX call
-# Pauses longer than this inside a piece are not kept: a new piece starts after them, so the
-# model is not given long silences (where Whisper tends to invent text).
+# Pauses longer than this are left out of what the model reads (the padding kept around the
+# speech on either side still gives it a pause of 2 × `speech_pad_ms` there).
 _MAX_GAP_SECONDS = 3.0
 # Without VAD, audio is still read in windows this long so that memory stays bounded.
 _UNSEGMENTED_WINDOW_SECONDS = 600.0
@@ -45,20 +50,29 @@ class SegmentationOptions:
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """A contiguous span of the original audio, in samples: [start, end), with the stretches of
-    speech VAD found inside it (empty when the piece was cut without VAD)."""
+    """What the model reads at once: the span [start, end) of the original audio, in samples,
+    less any long pauses left out of it. `parts` are the spans it reads, in order (empty: the
+    whole span); `speech` the stretches of speech VAD found in it (empty without VAD)."""
 
     start: int
     end: int
     speech: tuple[tuple[int, int], ...] = ()
+    parts: tuple[tuple[int, int], ...] = ()
 
     @property
-    def offset(self) -> float:
-        return self.start / SAMPLE_RATE
+    def read(self) -> tuple[tuple[int, int], ...]:
+        return self.parts or ((self.start, self.end),)
 
     @property
     def seconds(self) -> float:
-        return (self.end - self.start) / SAMPLE_RATE
+        """The length of the audio the model reads."""
+        return sum(end - start for start, end in self.read) / SAMPLE_RATE
+
+    def samples(self, audio: np.ndarray) -> np.ndarray:
+        """The piece's audio, its parts joined (a view when it has only one)."""
+        if len(self.read) == 1:
+            return audio[self.start : self.end]
+        return np.concatenate([audio[start:end] for start, end in self.read])
 
 
 def as_float32(samples: np.ndarray) -> np.ndarray:
@@ -88,15 +102,25 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
         max_speech_samples=max_piece - _WINDOW - 2 * pad,
     )
     spans = _padded(speech.spans(audio), pad, total)
+    # The first stretch of speech is a piece of its own, so that the first text of a stream
+    # comes as soon as it is read instead of after a window filled with speech.
+    first = next(spans, None)
+    if first is None:
+        return
+    yield Piece(*first, (first,), (first,))
     current: Piece | None = None
     for start, end in spans:
-        if current is None:
-            current = Piece(start, end, ((start, end),))
-        elif end - current.start <= max_piece and start - current.end <= max_gap:
-            current = Piece(current.start, end, (*current.speech, (start, end)))
-        else:
+        if current is not None:
+            parts = current.read
+            if start - current.end <= max_gap:  # the pause is read
+                parts = (*parts[:-1], (parts[-1][0], end))
+            else:
+                parts = (*parts, (start, end))
+            if sum(b - a for a, b in parts) <= max_piece:
+                current = Piece(current.start, end, (*current.speech, (start, end)), parts)
+                continue
             yield current
-            current = Piece(start, end, ((start, end),))
+        current = Piece(start, end, ((start, end),), ((start, end),))
     if current is not None:
         yield current
 
