@@ -37,6 +37,8 @@ SPEECH = ROOT.parent / "shared" / "data" / "speech"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import free_port, wait_healthy  # noqa: E402
+
 SAMPLE_RATE = 16_000
 GAPS = (1.0, 8.0, 0.6, 18.0, 2.5, 12.0, 1.5, 25.0, 5.0, 15.0)
 
@@ -106,14 +108,6 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_harken(path: Path, model: str, home: Path) -> dict:
     port = free_port()
     env = {
@@ -132,16 +126,7 @@ def run_harken(path: Path, model: str, home: Path) -> dict:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("harken did not start")
-            time.sleep(0.2)
+        wait_healthy(url, lambda: server.poll() is None, timeout=300)
         loaded_rss, _ = peak_rss_mb(server.pid)
         text = ""
         first = None

@@ -27,14 +27,13 @@ from typing import ClassVar
 
 import httpx
 
-SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
+ROOT = Path(__file__).resolve().parents[1]
+SPEECH = ROOT.parent / "shared" / "data" / "speech"
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port, wait_healthy  # noqa: E402
+
 CLIPS = ["ls_1089-134691-0000", "ls_1089-134686-0001", "jfk_inaugural_1961"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -174,16 +173,10 @@ def main() -> None:
         env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit("the server did not start")
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, lambda: server.poll() is None, timeout=300)
+        except RuntimeError as exc:
+            sys.exit(str(exc))
         soak = Soak(url, args.model, load_clips(), args.seed)
         # One warm-up request so that the start figure includes a used model, not a cold one.
         httpx.post(f"{url}/v1/chat/completions", timeout=600,

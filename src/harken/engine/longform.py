@@ -150,10 +150,10 @@ def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:
 class _PieceClock:
     """Maps seconds into the audio a piece read to seconds of the original recording.
 
-    A time inside a part moves by that part's offset. Where two parts meet (a pause was left
-    out there) the same moment is both the first part's end and the next part's start, so a
-    start maps to where speech resumes and an end to where it stopped. Whisper may put a time
-    past the audio it was given: it is kept inside the piece."""
+    A time inside a part moves by that part's offset. Where two parts meet (most of a long
+    pause was left out there) the same moment is both the first part's end and the next
+    part's start, so a start maps to where speech resumes and an end to where it stopped.
+    Whisper may put a time past the audio it was given: it is kept inside the piece."""
 
     def __init__(self, piece: Piece) -> None:
         self.parts = [(a / SAMPLE_RATE, b / SAMPLE_RATE) for a, b in piece.read]
@@ -164,25 +164,30 @@ class _PieceClock:
             read += b - a
 
     def start(self, t: float) -> float:
-        index = max(0, bisect.bisect_right(self.begins, t) - 1)
-        return self._map(index, t)
+        return self._map(self._part_starting(t), t)
 
     def end(self, t: float) -> float:
-        index = max(0, bisect.bisect_left(self.begins, t) - 1)
-        return self._map(index, t)
+        return self._map(self._part_ending(t), t)
 
     def word(self, start: float, end: float) -> tuple[float, float]:
-        """A word is said on one side of a left-out pause: one that Whisper's alignment ran
-        across a join is kept in the part that holds most of it."""
-        first = max(0, bisect.bisect_right(self.begins, start) - 1)
-        last = max(0, bisect.bisect_left(self.begins, end) - 1)
-        if first == last:
-            return self._map(first, start), self._map(last, end)
-        join = self.begins[first + 1]
-        if join - start >= end - join:
-            return self._map(first, start), self._map(first, join)
-        join = self.begins[last]
-        return self._map(last, join), self._map(last, end)
+        """A word is said on one side of a cut: one that Whisper's alignment ran across a
+        join is kept in the part that holds most of it."""
+        first, last = self._part_starting(start), self._part_ending(end)
+        if first < last:
+            join = self.begins[first + 1]
+            if join - start >= end - join:
+                last, end = first, join
+            else:
+                first, start = last, self.begins[last]
+        return self._map(first, start), self._map(last, end)
+
+    def _part_starting(self, t: float) -> int:
+        """The part a start at `t` falls in (at a join: the later part)."""
+        return max(0, bisect.bisect_right(self.begins, t) - 1)
+
+    def _part_ending(self, t: float) -> int:
+        """The part an end at `t` falls in (at a join: the earlier part)."""
+        return max(0, bisect.bisect_left(self.begins, t) - 1)
 
     def _map(self, index: int, t: float) -> float:
         a, b = self.parts[index]

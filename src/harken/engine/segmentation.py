@@ -57,7 +57,7 @@ class SegmentationOptions:
 @dataclass(frozen=True, slots=True)
 class Piece:
     """What the model reads at once: the span [start, end) of the original audio, in samples,
-    less any long pauses left out of it. `parts` are the spans it reads, in order (empty: the
+    less most of any long pause in it. `parts` are the spans it reads, in order (empty: the
     whole span); `speech` the stretches of speech VAD found in it (empty without VAD)."""
 
     start: int
