@@ -71,6 +71,7 @@ def serve(
     import uvicorn
 
     from harken.api import create_app
+    from harken.api.serving import DrainingServer
     from harken.catalog import Catalog, WeightsUnavailable
 
     logging.basicConfig(
@@ -100,13 +101,15 @@ def serve(
     # uvicorn re-raises the signal it stopped on once it has drained; with a handler of our own
     # that is a no-op, so a graceful SIGTERM exits 0 (what systemd and Kubernetes expect).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(
-        create_app(settings),
+    application = create_app(settings)
+    config = uvicorn.Config(
+        application,
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
+    DrainingServer(config, application.state.service, settings.shutdown_grace_seconds).run()
 
 
 @app.command()

@@ -93,6 +93,14 @@ class Overloaded(HarkenError):
     code = "overloaded"
 
 
+class ShuttingDown(Overloaded):
+    """New work while the server drains: the client should go to another instance or retry."""
+
+    def __init__(self, message: str = "The server is shutting down and takes no new work.") -> None:
+        # Close the connection after this answer, so a keep-alive client reconnects elsewhere.
+        super().__init__(message, headers={"Connection": "close"})
+
+
 class ServerError(HarkenError):
     status = 500
     type = "server_error"

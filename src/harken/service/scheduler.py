@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from harken.engine.batching import cancel_scope
-from harken.errors import HarkenError, Overloaded, RateLimited
+from harken.errors import HarkenError, RateLimited, ShuttingDown
 from harken.service.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         if self._closing:
-            raise Overloaded("The server is shutting down and takes no new work.")
+            raise ShuttingDown()
         with self._lock:
             if self._admitted >= self.capacity:
                 self.metrics.jobs.labels("rejected").inc()
@@ -173,6 +173,8 @@ class Scheduler:
     async def drain(self, timeout: float) -> bool:
         """Stop admitting work and wait up to `timeout` s for what was admitted to finish."""
         self._closing = True
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True

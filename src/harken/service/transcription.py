@@ -34,7 +34,7 @@ from harken.engine import (
     segmentation_from_settings,
     transcribe_long,
 )
-from harken.errors import InvalidRequest, Overloaded, UnsupportedLanguage
+from harken.errors import InvalidRequest, Overloaded, ShuttingDown, UnsupportedLanguage
 from harken.formats import TextJoiner  # noqa: F401 (the one joining rule, re-exported)
 from harken.languages import normalize_language
 from harken.service.scheduler import JobStream, Scheduler
@@ -76,6 +76,7 @@ class TranscriptionService:
         self.ready = asyncio.Event()
         self.load_error: str | None = None
         self.shutting_down = False
+        self._drain_deadline: float | None = None
         self.started_at = int(time.time())
         self.segmentation = segmentation_from_settings(settings)
         # Pieces of audio handed to a model so far (progress; tests see work stop with it).
@@ -95,11 +96,18 @@ class TranscriptionService:
                     return
         self.ready.set()
 
-    async def shutdown(self, grace: float = 30.0) -> None:
-        self.shutting_down = True
-        finished = await self.scheduler.drain(grace)
+    async def drain(self, grace: float = 30.0) -> bool:
+        """Take no new work; wait for admitted work, up to `grace` s from the first call."""
+        if self._drain_deadline is None:
+            self.shutting_down = True
+            self._drain_deadline = time.monotonic() + grace
+        finished = await self.scheduler.drain(max(0.0, self._drain_deadline - time.monotonic()))
         if not finished:
             log.warning("shutdown grace period over with work still running")
+        return finished
+
+    async def shutdown(self, grace: float = 30.0) -> None:
+        await self.drain(grace)
         self.scheduler.shutdown()
 
     # --- auth
@@ -199,7 +207,7 @@ class TranscriptionService:
         """Start a transcription; its info is known on return, segments arrive as decoded."""
         self.check_task(model, options)
         if self.shutting_down:
-            raise Overloaded("The server is shutting down and takes no new work.")
+            raise ShuttingDown()
 
         if options.segmentation is None:
             options = dataclasses.replace(options, segmentation=self.segmentation)
