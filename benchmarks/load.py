@@ -9,6 +9,7 @@ after the servers; the faster of its two runs is the baseline.
 
     .venv/bin/python benchmarks/load.py                        # base model, default settings
     .venv/bin/python benchmarks/load.py --config "" --config batch_size=1   # and plain threads
+    .venv/bin/python benchmarks/load.py --raw-reuse-memory     # raw engine with harken's malloc
 
 Each `--config` is one server (comma-separated HARKEN_* settings without the prefix); with none,
 the server's defaults. Timings on a shared machine are noisy: compare ratios within one run.
@@ -205,7 +206,16 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=5)
     parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "harken")
     parser.add_argument("--config", action="append", default=[], help="k=v,k=v server settings")
+    parser.add_argument(
+        "--raw-reuse-memory",
+        action="store_true",
+        help="give the raw engine the server's allocator settings too (a stricter baseline)",
+    )
     args = parser.parse_args()
+    if args.raw_reuse_memory:
+        from harken.service.memory import keep_freed_memory
+
+        keep_freed_memory()
 
     clips = pick_clips(args.max_clip_seconds, args.language)
     levels = [int(c) for c in args.clients.split(",")]

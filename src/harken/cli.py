@@ -73,6 +73,7 @@ def serve(
     from harken.api import create_app
     from harken.api.serving import DrainingServer
     from harken.catalog import Catalog, WeightsUnavailable
+    from harken.service.memory import keep_freed_memory
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -83,6 +84,8 @@ def serve(
     )  # fmt: skip
     if model is not None and model not in settings.preload:
         settings.preload = [model]
+    if settings.reuse_memory:
+        keep_freed_memory()  # before the threads that run the model exist
     open_to_network = not is_loopback(settings.host) and not settings.insecure_no_auth
     if open_to_network and not settings.all_api_keys():
         typer.echo(
@@ -381,8 +384,12 @@ def _local_renderer(
 ) -> Any:  # fmt: skip
     from harken.engine import TranscriptionOptions
     from harken.formats import render
+    from harken.service.memory import keep_freed_memory
 
-    recognizer = LocalRecognizer(load_settings(config), model)
+    settings = load_settings(config)
+    if settings.reuse_memory:
+        keep_freed_memory()
+    recognizer = LocalRecognizer(settings, model)
     options = TranscriptionOptions(
         language=recognizer.language_code(language),
         task=task,  # type: ignore[arg-type]

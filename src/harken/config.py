@@ -94,6 +94,8 @@ class Settings(BaseSettings):
     max_queue: int = 64
     request_timeout_seconds: float = Field(default=3600.0, ge=0.0)  # per-request deadline; 0: none
     shutdown_grace_seconds: float = 30.0
+    # glibc keeps memory freed by model calls for the next one; given back after 10 s idle.
+    reuse_memory: bool = True
 
     @field_validator("*", mode="before")
     @classmethod

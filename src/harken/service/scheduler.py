@@ -13,6 +13,7 @@ client gets a 504.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -65,6 +66,10 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._recent_job_seconds = 5.0  # a moving average, for Retry-After
+        # Run on a spare thread once no work has been admitted for `idle_seconds`.
+        self.when_idle: Callable[[], None] | None = None
+        self.idle_seconds = 10.0
+        self._admissions = 0  # so that an idle timer can tell whether work came meanwhile
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scheduler:
@@ -105,13 +110,25 @@ class Scheduler:
                     headers={"Retry-After": str(self.retry_after())},
                 )
             self._admitted += 1
+            self._admissions += 1
             self._idle.clear()
 
     def _release(self) -> None:
         with self._lock:
             self._admitted -= 1
-            if self._admitted == 0:
+            idle = self._admitted == 0
+            if idle:
                 self._idle.set()
+            admissions = self._admissions
+        if idle and self.when_idle is not None and not self._closing:
+            with contextlib.suppress(RuntimeError):  # no running loop: the server is stopping
+                asyncio.get_running_loop().call_later(
+                    self.idle_seconds, self._still_idle, admissions
+                )
+
+    def _still_idle(self, admissions: int) -> None:
+        if self._admissions == admissions and not self._closing and self.when_idle is not None:
+            asyncio.get_running_loop().run_in_executor(None, self.when_idle)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one blocking call on a worker thread (admitted like any job)."""

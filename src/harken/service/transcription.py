@@ -37,6 +37,7 @@ from harken.engine import (
 from harken.errors import InvalidRequest, Overloaded, ShuttingDown, UnsupportedLanguage
 from harken.formats import TextJoiner  # noqa: F401 (the one joining rule, re-exported)
 from harken.languages import normalize_language
+from harken.service.memory import release_free_memory
 from harken.service.scheduler import JobStream, Scheduler
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class TranscriptionService:
         self.catalog = Catalog(settings)
         self.scheduler = Scheduler.from_settings(settings)
         self.scheduler.metrics.watch_engines(self.transcribers)
+        if settings.reuse_memory:
+            self.scheduler.when_idle = release_free_memory
         self._keys = [k.encode() for k in settings.all_api_keys()]
         self._models: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
