@@ -16,6 +16,7 @@ The last line says how fast the batched beam searches would have to be for 2× t
 
     .venv/bin/python benchmarks/ceiling.py                 # whisper-base, batches of 8
     .venv/bin/python benchmarks/ceiling.py --batch 16
+    .venv/bin/python benchmarks/ceiling.py --reuse-memory  # with the server's allocator settings
 """
 
 from __future__ import annotations
@@ -143,7 +144,16 @@ def main() -> None:
     parser.add_argument("--max-clip-seconds", type=float, default=30.0)
     parser.add_argument("--language", default="en")
     parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "harken")
+    parser.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="glibc keeps freed memory, as in harken's server (for the raw engine as well)",
+    )
     args = parser.parse_args()
+    if args.reuse_memory:
+        from harken.service.memory import keep_freed_memory
+
+        keep_freed_memory()
 
     from faster_whisper import WhisperModel
 

@@ -3,6 +3,7 @@ with the raw engine's words, and a batcher whose executors lose no call under co
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -130,3 +131,31 @@ def test_two_executors_lose_no_call_when_they_race_for_the_same_work() -> None:
         assert any(size > 1 for (_, size) in batcher.stats.batches), "nothing was batched"
     finally:
         batcher.close()
+
+
+def test_languages_detected_in_one_batch_each_go_to_their_own_request(
+    base_weights: Path, unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
+) -> None:
+    clips = ["picovoice_test_fr", "picovoice_test_de", "picovoice_test_es", "jfk_inaugural_1961"]
+    audios = {name: decode_audio(speech[name].bytes()) for name in clips}
+    alone = {name: unbatched._detect_language(audio) for name, audio in audios.items()}
+    ours = FasterWhisperTranscriber(
+        "whisper-base", base_weights, device="cpu", cpu_threads=2, batch_size=8, max_concurrency=2
+    )
+    assert ours.batcher is not None
+    start = threading.Barrier(len(clips))
+
+    def detect(name: str) -> tuple[str, float]:
+        start.wait()
+        return ours._detect_language(audios[name])
+
+    try:
+        with ThreadPoolExecutor(len(clips)) as pool:
+            together = dict(zip(clips, pool.map(detect, clips), strict=True))
+        detected = [size for (kind, size) in ours.batcher.stats.batches if kind == "detect"]
+        assert max(detected) > 1, f"no detection was batched: {ours.batcher.stats.batches}"
+    finally:
+        ours.batcher.close()
+    for name in clips:
+        assert together[name][0] == alone[name][0] == speech[name].language, name
+        assert together[name][1] == pytest.approx(alone[name][1], abs=0.01), name
