@@ -4,7 +4,7 @@ CTranslate2 takes every tensor from malloc. On whisper-base one encoder pass nee
 tens of MB (a layer's attention scores alone: 8 heads × 1500² floats, 72 MB). glibc serves
 anything over 32 MB with a fresh mmap and unmaps it when freed, and each worker thread's own
 arena hands its free pages back as they free up, so every model call faults in and zeroes
-hundreds of MB again: about 200,000 page faults a clip, a tenth of the CPU time spent in the
+hundreds of MB again: about 220,000 page faults a clip, a tenth of the CPU time spent in the
 kernel. `keep_freed_memory` has glibc keep what was freed, in one heap, for the next call (as
 jemalloc or tcmalloc would); `release_free_memory` hands it back to the system, which the
 server does once it has been idle a while. Elsewhere than glibc both do nothing.
