@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     vad_min_silence_ms: int = Field(default=500, ge=0)
     vad_speech_pad_ms: int = Field(default=200, ge=0)
     vad_max_piece_seconds: float = Field(default=30.0, ge=5.0, le=30.0)
+    # Lift quiet stretches of speech to the loudest one's level in each window (a quiet speaker
+    # beside a loud one is otherwise read as background).
+    level_speech: bool = True
+    # Mandarin text in "simplified" characters (as MiMo answers), "traditional", or "original"
+    # (as the model wrote it); requests may override it.
+    chinese_script: Literal["simplified", "traditional", "original"] = "simplified"
 
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
     workers: int = Field(default=2, ge=1)  # model workers; each runs one (batched) call at a time

@@ -42,6 +42,7 @@ def segmentation_from_settings(settings: Settings) -> SegmentationOptions:
         speech_pad_ms=settings.vad_speech_pad_ms,
         max_piece_seconds=settings.vad_max_piece_seconds,
         min_audio_seconds=settings.vad_max_piece_seconds,
+        level=settings.level_speech,
     )
 
 

@@ -61,6 +61,12 @@ def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
         _local.cancelled = previous
 
 
+def current_cancel_event() -> threading.Event | None:
+    """The event that cancels this thread's model calls (see `cancel_scope`), for handing the
+    same scope to helper threads that work for the same job."""
+    return getattr(_local, "cancelled", None)
+
+
 def _check_cancelled() -> None:
     event: threading.Event | None = getattr(_local, "cancelled", None)
     if event is not None and event.is_set():

@@ -1,27 +1,45 @@
 """Long recordings through any Transcriber: piece by piece, as one lazy stream of segments.
 
 Each piece (see `segmentation`) is at most one model window of audio, converted to float32
-only while it is transcribed, so memory does not grow with the length of the recording and the
-first segments come out after the first piece rather than after the whole file. Timestamps are
-mapped back through the piece's parts (a time in a part moves by that part's offset); pieces
-never overlap, so no word is read twice at a join, and every stretch of speech is inside some
-piece, so none is skipped.
+only while it is read, so memory does not grow with the length of the recording. Timestamps
+are mapped back through the piece's parts (a time in a part moves by that part's offset);
+pieces never overlap, so no word is read twice at a join, and every stretch of speech is inside
+some piece.
 
-Each piece is decoded on its own, with only the caller's prompt. Passing the previous pieces'
-text as the prompt (as Whisper does between its windows) was tried and measured worse: on a
-90 s reading, tiny.en then often gave one untimed segment per piece and dropped whole sentences
-(WER 0.23 against 0.04 for the clips read one by one); without it nothing was lost.
+What reading a piece involves, and why:
+- Quiet stretches are lifted to the level of the loudest one in the piece first
+  (`leveling`): Whisper takes a quiet voice beside a loud one for background.
+- VAD is asked whether the text covers the speech. Whisper, reading a window where one speaker
+  follows another, sometimes ends its text early or skips a turn (it treats what remains as
+  done, and moves on a whole window); on held-out recordings that lost whole clips. Any
+  stretch of speech of `_UNHEARD_SECONDS` or more that no segment covers is read again on its
+  own, and its text put in its place.
+- A segment over no speech at all with a high no-speech probability is dropped, and so is a
+  segment that only repeats one just before it in the same stretch of audio (a decoding loop).
+
+Pieces are independent of each other (each is decoded with only the caller's prompt: the
+previous pieces' text as prompt measured worse), so several pieces of one recording are read at
+once (`Transcriber.parallel_windows`); their windows meet in the engine's batcher and share
+model calls. The first piece is read alone, so that the first text (and the language) comes
+after one stretch of speech; the others keep the same order in the stream.
 """
 
 from __future__ import annotations
 
 import bisect
+import collections
 import dataclasses
+import functools
 import logging
+import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from harken.engine.batching import cancel_scope, current_cancel_event
+from harken.engine.leveling import level_speech
+from harken.engine.script import convert_segment, converts
 from harken.engine.segmentation import (
     SAMPLE_RATE,
     Piece,
@@ -39,6 +57,13 @@ from harken.engine.types import (
 
 log = logging.getLogger(__name__)
 
+_UNHEARD_SECONDS = 1.0  # speech no segment covers, at least this long, is read again
+_HEARD_SLACK = 0.3  # Whisper's segment edges are this loose around the words
+_REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
+_NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
+_LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
+_MAX_PARALLEL = 4  # pieces of one recording read at once
+
 
 def transcribe_long(
     transcriber: Transcriber,
@@ -50,71 +75,214 @@ def transcribe_long(
 ) -> Transcription:
     """Start transcribing 16 kHz mono `audio` (int16 PCM or float32) of any length.
 
-    Returns once the language is known (from the first piece of speech); the segments are
-    produced as the pieces are decoded. `should_stop` is asked between pieces, so a job whose
-    client went away stops even while pieces give no text; `on_piece` hears of each piece
-    before it is decoded (progress, metrics, tests).
+    Returns once the first piece of speech has been read (so the language is known); the
+    other segments are produced as their pieces are read. Audio in which VAD finds no speech
+    gives no segment and costs no model call. `should_stop` is asked between pieces, so a job
+    whose client went away stops even while pieces give no text; `on_piece` hears of each
+    piece as it starts being read (progress, metrics, tests).
     """
     segmentation = options.segmentation or SegmentationOptions()
     duration = audio.shape[0] / SAMPLE_RATE
-    if segmentation.enabled and duration <= segmentation.min_audio_seconds:
-        whole = Piece(0, int(audio.shape[0]))
-        if on_piece is not None:
-            on_piece(whole)
-        return transcriber.transcribe(as_float32(audio), options)
-
     pieces = plan_pieces(audio, segmentation)
     first = next(pieces, None)
     if first is None:
-        # No speech anywhere: still report a language (detected on the opening window,
-        # whose segments are never decoded).
-        opening = audio[: int(segmentation.max_piece_seconds * SAMPLE_RATE)]
-        probe = transcriber.transcribe(as_float32(opening), options)
-        info = dataclasses.replace(probe.info, duration=duration)
+        language = options.language or "en"
+        info = TranscriptionInfo(language, 1.0 if options.language else 0.0, duration)
         return Transcription(info=info, segments=iter(()))
 
-    if on_piece is not None:
-        on_piece(first)
-    result = transcriber.transcribe(as_float32(first.samples(audio)), options)
-    info = TranscriptionInfo(
-        language=result.info.language,
-        language_probability=result.info.language_probability,
-        duration=duration,
+    reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
+    detected, segments = reader.read(first)
+    info = dataclasses.replace(detected, duration=duration)
+    reader.options = dataclasses.replace(options, language=options.language or info.language)
+    parallel = max(1, min(_MAX_PARALLEL, getattr(transcriber, "parallel_windows", 1)))
+    stream = _in_order(reader, segments, pieces, should_stop, parallel)
+    script = options.chinese_script or "simplified"
+    if converts(info.language, script):
+        stream = (convert_segment(segment, script) for segment in stream)
+    return Transcription(info=info, segments=_numbered(_without_loops(stream)))
+
+
+class _PieceReader:
+    """Reads one piece: levels it, decodes it, reads again what the text left out, and maps the
+    segments into the recording's time. Safe to call from several threads at once."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        audio: np.ndarray,
+        options: TranscriptionOptions,
+        level: bool,
+        on_piece: Callable[[Piece], None] | None,
+    ) -> None:
+        self.transcriber = transcriber
+        self.audio = audio
+        self.options = options
+        self.level = level
+        self.on_piece = on_piece
+
+    def read(self, piece: Piece) -> tuple[TranscriptionInfo, list[Segment]]:
+        if self.on_piece is not None:
+            self.on_piece(piece)
+        samples = as_float32(piece.samples(self.audio))
+        speech = piece.local_speech()
+        if self.level and speech:
+            samples = level_speech(samples, speech)
+        result = self.transcriber.transcribe(samples, self.options)
+        segments = list(result.segments)
+        if speech:
+            segments = self._with_unheard(samples, speech, segments)
+            segments = [s for s in segments if not _over_silence(s, speech)]
+        return result.info, [_shifted(s, piece, s.id) for s in segments]
+
+    def _with_unheard(
+        self, samples: np.ndarray, speech: tuple[tuple[int, int], ...], segments: list[Segment]
+    ) -> list[Segment]:
+        """The segments, with those of each stretch of speech they left out read again on its
+        own and put in time order among them."""
+        unheard = _unheard(speech, segments, samples.shape[0] / SAMPLE_RATE)
+        if not unheard:
+            return segments
+        found = list(segments)
+        for start, end in unheard:
+            begin = max(0, int((start - _REREAD_PAD) * SAMPLE_RATE))
+            stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
+            log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out",
+                     start, end)  # fmt: skip
+            result = self.transcriber.transcribe(samples[begin:stop], self.options)
+            found += [_moved(s, begin / SAMPLE_RATE) for s in result.segments]
+        found.sort(key=lambda s: s.start)
+        return found
+
+
+def _unheard(
+    speech: tuple[tuple[int, int], ...], segments: list[Segment], length: float
+) -> list[tuple[float, float]]:
+    """The spans of speech (seconds of the piece's audio) that no segment covers and that are
+    at least `_UNHEARD_SECONDS` long; neighbours less than a second apart are joined."""
+    heard = sorted(
+        (max(0.0, s.start - _HEARD_SLACK), min(length, s.end + _HEARD_SLACK))
+        for s in segments
+        if s.text.strip()
     )
-    piece_options = dataclasses.replace(options, language=options.language or info.language)
-    return Transcription(
-        info=info,
-        segments=_segments(
-            transcriber, audio, piece_options, first, result, pieces, should_stop, on_piece
-        ),
+    spans: list[tuple[float, float]] = []
+    for a, b in speech:
+        left = [(a / SAMPLE_RATE, b / SAMPLE_RATE)]
+        for h0, h1 in heard:
+            left = [part for x0, x1 in left for part in _minus((x0, x1), (h0, h1))]
+        spans += [(x0, x1) for x0, x1 in left if x1 - x0 >= _UNHEARD_SECONDS]
+    joined: list[tuple[float, float]] = []
+    for start, end in spans:
+        if joined and start - joined[-1][1] < 1.0:
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
+
+
+def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[float, float]]:
+    (a, b), (c, d) = span, cut
+    if d <= a or c >= b:
+        return [span]
+    return [(x, y) for x, y in ((a, c), (d, b)) if y > x]
+
+
+def _over_silence(segment: Segment, speech: tuple[tuple[int, int], ...]) -> bool:
+    """Whether the segment lies over no speech at all and the model itself doubted there was
+    any: text Whisper made up from a pause."""
+    if segment.no_speech_prob < _NO_SPEECH:
+        return False
+    start, end = segment.start * SAMPLE_RATE, segment.end * SAMPLE_RATE
+    return not any(a < end and start < b for a, b in speech)
+
+
+def _moved(segment: Segment, offset: float) -> Segment:
+    words = segment.words
+    if words is not None:
+        words = tuple(
+            dataclasses.replace(w, start=w.start + offset, end=w.end + offset) for w in words
+        )
+    return dataclasses.replace(
+        segment,
+        start=segment.start + offset,
+        end=segment.end + offset,
+        seek=segment.seek + round(offset * 100),
+        words=words,
     )
 
 
-def _segments(
-    transcriber: Transcriber,
-    audio: np.ndarray,
-    options: TranscriptionOptions,
-    piece: Piece,
-    result: Transcription,
+def _in_order(
+    reader: _PieceReader,
+    first: list[Segment],
     pieces: Iterator[Piece],
     should_stop: Callable[[], bool],
-    on_piece: Callable[[Piece], None] | None,
+    parallel: int,
 ) -> Iterator[Segment]:
-    next_id = 0
-    while True:
-        for segment in result.segments:
-            yield _shifted(segment, piece, next_id)
-            next_id += 1
-        if should_stop():
-            log.info("transcription stopped after the piece ending at %.1f s", piece.end / 16e3)
-            return
-        following = next(pieces, None)
-        if following is None:
-            return
-        piece = following
-        if on_piece is not None:
-            on_piece(piece)
-        result = transcriber.transcribe(as_float32(piece.samples(audio)), options)
+    """The first piece's segments, then every later piece's in order, `parallel` pieces read
+    at once on threads of their own (which stop with the job: they share its cancel scope)."""
+    cancelled = current_cancel_event()
+    pool: ThreadPoolExecutor | None = None
+    pending: collections.deque[Callable[[], tuple[TranscriptionInfo, list[Segment]]]]
+    pending = collections.deque()
+
+    def read(piece: Piece) -> tuple[TranscriptionInfo, list[Segment]]:
+        if cancelled is None:
+            return reader.read(piece)
+        with cancel_scope(cancelled):
+            return reader.read(piece)
+
+    def fill() -> None:
+        """Start reading the next pieces, up to `parallel` of them (one: read when asked)."""
+        nonlocal pool
+        while len(pending) < parallel and not should_stop():
+            piece = next(pieces, None)
+            if piece is None:
+                return
+            if parallel == 1:
+                pending.append(functools.partial(reader.read, piece))
+                continue
+            if pool is None:
+                pool = ThreadPoolExecutor(parallel, thread_name_prefix="harken-piece")
+            pending.append(pool.submit(read, piece).result)
+
+    try:
+        fill()
+        yield from first
+        while pending:
+            if should_stop():
+                log.info("transcription stopped: the job was cancelled")
+                return
+            _, segments = pending.popleft()()
+            fill()
+            yield from segments
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:
+    for index, segment in enumerate(segments):
+        yield dataclasses.replace(segment, id=index)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _without_loops(segments: Iterator[Segment]) -> Iterator[Segment]:
+    """Drops a segment of `_LOOP_WORDS` words or more whose words all stand, in order, in one
+    of the two segments before it while their times overlap or touch: Whisper decoding in a
+    loop (a passage said once, written twice). A passage really said twice is said at two
+    separate times and is kept."""
+    recent: collections.deque[tuple[str, float]] = collections.deque(maxlen=2)
+    for segment in segments:
+        words = " ".join(_WORD.findall(segment.text.lower()))
+        looped = len(words.split()) >= _LOOP_WORDS and any(
+            f" {words} " in f" {before} " and segment.start <= end + 1.0 for before, end in recent
+        )
+        if looped:
+            log.info("dropped a repeated segment at %.1f s: %r", segment.start, segment.text)
+            continue
+        recent.append((words, segment.end))
+        yield segment
 
 
 def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:

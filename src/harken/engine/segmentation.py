@@ -50,8 +50,10 @@ class SegmentationOptions:
     min_silence_ms: int = 500  # a pause at least this long ends a stretch of speech
     speech_pad_ms: int = 200  # kept on each side of speech, so word edges are not clipped
     max_piece_seconds: float = 30.0  # Whisper's window
-    # Audio up to this long is transcribed whole, exactly as before segmentation existed.
+    # Audio up to this long is read whole (VAD only tells whether and where there is speech).
     min_audio_seconds: float = 30.0
+    # Lift quiet stretches of speech to the level of the loudest one in a window (leveling.py).
+    level: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,18 @@ class Piece:
         """The length of the audio the model reads."""
         return sum(end - start for start, end in self.read) / SAMPLE_RATE
 
+    def local_speech(self) -> tuple[tuple[int, int], ...]:
+        """The stretches of speech as spans of the piece's own audio (its parts joined)."""
+        spans = []
+        begin = 0
+        for start, end in self.read:
+            for a, b in self.speech:
+                a, b = max(a, start), min(b, end)
+                if a < b:
+                    spans.append((begin + a - start, begin + b - start))
+            begin += end - start
+        return tuple(spans)
+
     def samples(self, audio: np.ndarray) -> np.ndarray:
         """The piece's audio, its parts joined (a view when it has only one)."""
         if len(self.read) == 1:
@@ -91,14 +105,25 @@ def as_float32(samples: np.ndarray) -> np.ndarray:
 def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Piece]:
     """The pieces to transcribe, in order, produced lazily as the audio is scanned.
 
-    With segmentation off, fixed windows of ten minutes (cut at the quietest moment near their
-    end): the model then runs its own sequential decoding inside each, as on short audio.
+    Audio in which VAD finds no speech gives no piece at all. Audio up to `min_audio_seconds`
+    is one piece read whole, pauses and all. With segmentation off, fixed windows of ten
+    minutes (cut at the quietest moment near their end): the model then runs its own
+    sequential decoding inside each, as on short audio.
     """
     total = int(audio.shape[0])
     if not options.enabled:
         yield from _fixed_pieces(audio, _UNSEGMENTED_WINDOW_SECONDS)
         return
     pad = int(options.speech_pad_ms * SAMPLE_RATE / 1000)
+    if total <= options.min_audio_seconds * SAMPLE_RATE:
+        detector = SpeechDetector(
+            threshold=options.threshold,
+            min_silence_samples=int(options.min_silence_ms * SAMPLE_RATE / 1000),
+        )
+        found = tuple(_padded(detector.spans(audio), pad, total))
+        if found:
+            yield Piece(0, total, found)
+        return
     max_piece = int(options.max_piece_seconds * SAMPLE_RATE)
     max_gap = int(_MAX_GAP_SECONDS * SAMPLE_RATE)
     kept_pause = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE)

@@ -11,6 +11,7 @@ import numpy as np
 from harken.engine.segmentation import SegmentationOptions
 
 Task = Literal["transcribe", "translate"]
+ChineseScript = Literal["simplified", "traditional", "original"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,9 @@ class TranscriptionOptions:
     beam_size: int | None = None  # None: the model's configured default
     # How long audio is cut into pieces; None: the server's configured default.
     segmentation: SegmentationOptions | None = None
+    # The script of Mandarin text: "simplified" (as MiMo answers), "traditional" or "original"
+    # (as the model wrote it); None: the server's configured default.
+    chinese_script: ChineseScript | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,9 @@ class Transcriber(Protocol):
     name: str
     multilingual: bool
     max_concurrency: int
+    # Windows worth reading at once (pieces of one recording): more than one only where the
+    # model batches concurrent calls.
+    parallel_windows: int
 
     def supported_languages(self) -> frozenset[str]: ...
 

@@ -80,10 +80,12 @@ class FasterWhisperTranscriber:
         # Windows of concurrent requests share model calls (engine/batching.py). CPU only:
         # the batcher moves encoder outputs through host memory.
         self.batcher: BatchingWhisper | None = None
+        self.parallel_windows = 1
         if batch_size > 1 and self.device == "cpu":
             self.batcher = install_batching(
                 self._model, max_batch=batch_size, executors=self.max_concurrency
             )
+            self.parallel_windows = batch_size // 2
         # Reading an unknown language costs faster-whisper a second encoder pass over the first
         # window (once to detect, once to transcribe); the encoding is reused instead.
         self._encodings = _ReuseLastEncoding(self._model.encode)

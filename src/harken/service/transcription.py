@@ -214,6 +214,8 @@ class TranscriptionService:
 
         if options.segmentation is None:
             options = dataclasses.replace(options, segmentation=self.segmentation)
+        if options.chinese_script is None:
+            options = dataclasses.replace(options, chinese_script=self.settings.chinese_script)
         # The job is only known once it has started; until then nobody can have left.
         jobs: list[JobStream[TranscriptionInfo, Segment]] = []
 

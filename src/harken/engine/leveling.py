@@ -1,0 +1,84 @@
+"""Bring quiet stretches of speech up to the level of the loudest one beside them.
+
+Whisper reads a quiet voice next to a loud one as background: 12 clips, every second one 25 dB
+quieter and 1 s apart, gave 22% WER read together against 3% read one by one (the raw engine
+too). Before the model reads a window, each stretch of speech that VAD found in it is lifted to
+the level of the loudest stretch in that window: the gain is bounded, stops short of clipping,
+and changes smoothly through the pauses between stretches. A window whose stretches are all
+within `_SPREAD_DB` of each other is left exactly as it was, so ordinary recordings (and
+every single-speaker clip) read as they always did.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from harken.engine.segmentation import SAMPLE_RATE
+
+_SPREAD_DB = 6.0  # stretches quieter than the loudest by more than this are lifted...
+_LEFT_DB = 0.0  # ...to this far below it
+_CEILING_DB = -20.0  # but never above this level (dB re full scale)
+_MAX_GAIN_DB = 30.0
+_PEAK = 0.95  # a lifted stretch's loudest sample stays below this
+_FRAME = SAMPLE_RATE // 50  # 20 ms
+_RAMP = SAMPLE_RATE // 20  # 50 ms: the shortest change of gain, where two stretches touch
+
+
+def speech_level_db(samples: np.ndarray) -> float:
+    """The level of speech in `samples` (dB re full scale): the mean power of its louder half
+    of 20 ms frames, so the pauses and padding inside a stretch do not lower it."""
+    count = samples.shape[0] // _FRAME
+    if count == 0:
+        power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
+    else:
+        frames = samples[: count * _FRAME].astype(np.float64).reshape(count, _FRAME)
+        energies = np.sort(np.mean(frames**2, axis=1))
+        power = float(np.mean(energies[count // 2 :]))
+    return 10.0 * np.log10(power + 1e-12)
+
+
+def level_speech(samples: np.ndarray, speech: Sequence[tuple[int, int]]) -> np.ndarray:
+    """`samples` (float32) with each stretch of `speech` (sample spans, in order) brought to the
+    level of the loudest one. Returns `samples` itself when nothing needs lifting."""
+    if len(speech) < 2:
+        return samples
+    levels = [speech_level_db(samples[start:end]) for start, end in speech]
+    loudest = max(levels)
+    gains = []
+    for (start, end), level in zip(speech, levels, strict=True):
+        lift = loudest - level
+        if lift <= _SPREAD_DB:
+            gains.append(0.0)
+            continue
+        peak = float(np.max(np.abs(samples[start:end]))) if end > start else 0.0
+        headroom = 20.0 * np.log10(_PEAK / peak) if peak > 0 else _MAX_GAIN_DB
+        wanted = min(lift - _LEFT_DB, _CEILING_DB - level)
+        gains.append(max(0.0, min(wanted, _MAX_GAIN_DB, headroom)))
+    if max(gains) == 0.0:
+        return samples
+    return samples * _envelope(samples.shape[0], speech, gains)
+
+
+def _envelope(
+    length: int, speech: Sequence[tuple[int, int]], gains_db: Sequence[float]
+) -> np.ndarray:
+    """A gain per sample: each stretch's own gain inside it, a straight line through the pause
+    between two stretches (at least `_RAMP` long, taken from both where they touch), held
+    before the first and after the last."""
+    points: list[float] = []
+    values: list[float] = []
+    spans = [list(span) for span in speech]
+    for before, after in itertools.pairwise(spans):
+        if after[0] - before[1] < _RAMP:
+            middle = (before[1] + after[0]) // 2
+            before[1] = max(before[0], middle - _RAMP // 2)
+            after[0] = min(after[1], middle + _RAMP // 2)
+    for (start, end), gain in zip(spans, gains_db, strict=True):
+        points += [start, end]
+        values += [gain, gain]
+    positions = np.arange(length, dtype=np.float32)
+    decibels = np.interp(positions, np.asarray(points, dtype=np.float32), values)
+    return np.power(10.0, decibels / 20.0).astype(np.float32)
