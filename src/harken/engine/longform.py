@@ -94,12 +94,16 @@ def transcribe_long(
     detected, segments = reader.read(first)
     info = dataclasses.replace(detected, duration=duration)
     reader.options = dataclasses.replace(options, language=options.language or info.language)
-    parallel = max(1, min(_MAX_PARALLEL, getattr(transcriber, "parallel_windows", 1)))
-    stream = _in_order(reader, segments, pieces, should_stop, parallel)
+    stream = _in_order(reader, segments, pieces, should_stop, parallel_pieces(transcriber))
     script = options.chinese_script or "simplified"
     if converts(info.language, script):
         stream = (convert_segment(segment, script) for segment in stream)
     return Transcription(info=info, segments=_numbered(_without_loops(stream)))
+
+
+def parallel_pieces(transcriber: Transcriber) -> int:
+    """How many pieces of one recording are read at once with this model."""
+    return max(1, min(_MAX_PARALLEL, getattr(transcriber, "parallel_windows", 1)))
 
 
 class _PieceReader:
@@ -245,8 +249,8 @@ def _in_order(
             pending.append(pool.submit(read, piece).result)
 
     try:
+        yield from first  # before the others start: the first text is not held back
         fill()
-        yield from first
         while pending:
             if should_stop():
                 log.info("transcription stopped: the job was cancelled")

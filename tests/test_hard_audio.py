@@ -1,0 +1,371 @@
+"""Hard audio: speakers taking turns after short pauses, a quiet speaker beside a loud one,
+audio with no speech at all, and Mandarin's script.
+
+The recordings are built here from the speech set in ways the long-recording tests do not:
+other clip orders, each clip levelled to about -23 dB, pauses of 0.5-2 s between different
+speakers, the sequence twice, encoded as Opus at 32 kbps; and twelve clips 1 s apart, every
+second one 25 dB quieter. Each is held to the clips read one by one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import pytest
+
+from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
+from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
+from harken.engine.leveling import level_speech, speech_level_db
+from harken.engine.longform import _unheard, _without_loops
+from harken.engine.script import convert_segment
+from harken.engine.types import Segment, Word
+from tests.conftest import Clip, normalize_text
+from tests.test_long_audio import corpus_wer, sse_events
+
+TINY = "whisper-tiny.en"
+BASE = "whisper-base"
+LEFT_OUT = {"librivox_shakespeare_sonnets_1-3", "ls_1272-128104-0004_8k"}
+
+
+@dataclass(frozen=True)
+class Built:
+    path: Path
+    clips: tuple[Clip, ...]  # in the order they are heard
+    samples: tuple[np.ndarray, ...]  # each clip as it was put in (levelled, quietened)
+
+
+def levelled(samples: np.ndarray, decibels: float) -> np.ndarray:
+    gain = 10 ** ((decibels - speech_level_db(samples)) / 20)
+    return np.clip(samples * gain, -1.0, 1.0).astype(np.float32)
+
+
+def encode(samples: np.ndarray, path: Path) -> None:
+    """Opus at 32 kbps in Ogg (48 kHz, as Opus runs) or FLAC, by the file's suffix."""
+    opus = path.suffix == ".ogg"
+    with av.open(str(path), "w", format="ogg" if opus else "flac") as out:
+        stream = out.add_stream("libopus" if opus else "flac", rate=48_000 if opus else 16_000,
+                                layout="mono")  # fmt: skip
+        if opus:
+            stream.bit_rate = 32_000
+        pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+
+def build(path: Path, clips: list[Clip], pauses: list[float], quiet_every: int = 0) -> Built:
+    rng = np.random.default_rng(12)
+    parts = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+    kept = []
+    for index, (clip, pause) in enumerate(zip(clips, pauses, strict=True)):
+        samples = levelled(decode_audio(clip.bytes()), -23.0)
+        if quiet_every and index % quiet_every == 1:
+            samples = samples * np.float32(10 ** (-25 / 20))
+        kept.append(samples)
+        parts += [samples, rng.normal(0, 0.001, int(pause * SAMPLE_RATE)).astype(np.float32)]
+    encode(np.concatenate(parts), path)
+    return Built(path, tuple(clips), tuple(kept))
+
+
+@pytest.fixture(scope="module")
+def english(speech: dict[str, Clip]) -> list[Clip]:
+    return [c for c in speech.values() if c.language == "en" and c.id not in LEFT_OUT]
+
+
+@pytest.fixture(scope="module")
+def turns(tmp_path_factory: pytest.TempPathFactory, english: list[Clip]) -> Built:
+    """Every English clip in a shuffled order, then again in another: different speakers one
+    after another with 0.5-2 s between them, as Opus (about six minutes)."""
+    rng = np.random.default_rng(5)
+    order = [english[i] for i in rng.permutation(len(english))]
+    order += [english[i] for i in rng.permutation(len(english))]
+    pauses = rng.uniform(0.5, 2.0, len(order)).tolist()
+    return build(tmp_path_factory.mktemp("turns") / "turns.ogg", order, pauses)
+
+
+@pytest.fixture(scope="module")
+def levels(tmp_path_factory: pytest.TempPathFactory, english: list[Clip]) -> Built:
+    """Twelve clips of 3-14 s, 1 s apart, every second one 25 dB quieter than the others."""
+    clips = [c for c in english if 3 < c.duration < 14][:12]
+    return build(tmp_path_factory.mktemp("levels") / "levels.flac", clips, [1.0] * 12, 2)
+
+
+def alone(server: Any, model: str, built: Built) -> Iterator[str]:
+    """Each clip, as it was put in, read on its own by the raw engine."""
+    transcriber = server.service._models[model].transcriber
+    whole = TranscriptionOptions(language="en", segmentation=SegmentationOptions(enabled=False))
+    texts: dict[tuple[str, float], str] = {}
+    for clip, samples in zip(built.clips, built.samples, strict=True):
+        key = (clip.id, round(speech_level_db(samples), 1))
+        if key not in texts:
+            texts[key] = "".join(s.text for s in transcriber.transcribe(samples, whole).segments)
+        yield texts[key]
+
+
+def transcribe_file(openai_client: Any, path: Path, model: str) -> str:
+    with path.open("rb") as f:
+        return str(
+            openai_client.audio.transcriptions.create(
+                model=model, file=f, language="en", response_format="text", timeout=1800
+            )
+        )
+
+
+def test_speakers_taking_turns_lose_no_passage(
+    openai_client: Any, server: Any, turns: Built
+) -> None:
+    text = transcribe_file(openai_client, turns.path, TINY)
+    references = [" ".join(c.text for c in turns.clips)]
+    long_wer = corpus_wer(references, [text])
+    alone_wer = corpus_wer(references, [" ".join(alone(server, TINY, turns))])
+    print(f"\nturn-taking recording: WER {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    assert long_wer <= max(1.1 * alone_wer, alone_wer + 0.01), (long_wer, alone_wer)
+    assert lost(turns.clips, text) == []
+
+
+def lost(clips: tuple[Clip, ...], text: str) -> list[str]:
+    """The clips (one entry each time one is said) of which the text lost half the words or
+    more, by jiwer's alignment of the whole text against the references one after another."""
+    import jiwer
+
+    words: list[str] = []
+    owner: list[int] = []
+    for index, clip in enumerate(clips):
+        said = normalize_text(clip.text).split()
+        words += said
+        owner += [index] * len(said)
+    alignment = jiwer.process_words(" ".join(words), normalize_text(text)).alignments[0]
+    deleted = [0] * len(clips)
+    for chunk in alignment:
+        if chunk.type == "delete":
+            for position in range(chunk.ref_start_idx, chunk.ref_end_idx):
+                deleted[owner[position]] += 1
+    return [
+        clip.id
+        for index, clip in enumerate(clips)
+        if deleted[index] >= max(2, len(normalize_text(clip.text).split()) / 2)
+    ]
+
+
+def test_a_quiet_speaker_beside_a_loud_one_is_heard(
+    openai_client: Any, server: Any, levels: Built
+) -> None:
+    text = transcribe_file(openai_client, levels.path, BASE)
+    references = [" ".join(c.text for c in levels.clips)]
+    long_wer = corpus_wer(references, [text])
+    alone_wer = corpus_wer(references, [" ".join(alone(server, BASE, levels))])
+    print(f"\nlevel-change recording: WER {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    assert long_wer <= alone_wer + 0.02, (long_wer, alone_wer)
+    assert lost(levels.clips, text) == []
+
+
+# --- levelling, the loop guard and the re-read rule, on their own
+def test_levelling_lifts_quiet_stretches_within_bounds() -> None:
+    rng = np.random.default_rng(1)
+    loud = np.clip(0.3 * rng.standard_normal(SAMPLE_RATE), -0.9, 0.9).astype(np.float32)
+    quiet = (loud * np.float32(10 ** (-25 / 20)))[::-1].copy()
+    gap = np.full(SAMPLE_RATE // 2, 0.001, dtype=np.float32)  # a faint room between them
+    samples = np.concatenate([loud, gap, quiet, gap, loud])
+    spans = [(0, 16_000), (24_000, 40_000), (48_000, 64_000)]
+    out = level_speech(samples, spans)
+    levels = [speech_level_db(out[a:b]) for a, b in spans]
+    # Lifted to the loud one's level, but never above -20 dB (the loud stretches are -10 dB).
+    assert levels[0] == pytest.approx(speech_level_db(loud), abs=0.01)
+    assert levels[1] == pytest.approx(-20.0, abs=0.5)
+    assert np.abs(out).max() <= 1.0
+    # The gain changes smoothly, through the pauses: no step from one sample to the next.
+    gain = out / np.where(samples == 0, 1, samples)
+    assert np.abs(np.diff(gain[samples != 0])).max() < 0.01
+    # Stretches within 6 dB of each other are left exactly as they were.
+    similar = np.concatenate([loud, gap, loud * np.float32(0.6)])
+    assert level_speech(similar, [(0, 16_000), (24_000, 40_000)]) is similar
+    # No clipping: a quiet stretch with one loud peak is lifted only as far as the peak allows.
+    peaky = quiet.copy()
+    peaky[100] = 0.5
+    lifted = level_speech(np.concatenate([loud, gap, peaky]), [(0, 16_000), (24_000, 40_000)])
+    assert np.abs(lifted).max() <= 0.95 + 1e-6
+
+
+def segment(start: float, end: float, text: str, **extra: Any) -> Segment:
+    return Segment(id=0, seek=0, start=start, end=end, text=text, **extra)
+
+
+def test_speech_no_segment_covers_is_found() -> None:
+    speech = ((0, 5 * SAMPLE_RATE), (6 * SAMPLE_RATE, 12 * SAMPLE_RATE))
+    covered = [segment(0.0, 4.9, " one"), segment(6.1, 11.8, " two")]
+    assert _unheard(speech, covered, 30.0) == []
+    # The second speaker's turn got no text: that stretch is read again.
+    assert _unheard(speech, covered[:1], 30.0) == [(6.0, 12.0)]
+    # Text that ended halfway through a stretch: the rest of it.
+    assert _unheard(speech, [covered[0], segment(6.1, 8.0, " two")], 30.0) == [(8.3, 12.0)]
+    # Under a second left out is Whisper's loose timing, not a lost passage.
+    assert _unheard(speech, [covered[0], segment(6.8, 11.8, " two")], 30.0) == []
+
+
+def test_a_passage_written_twice_is_written_once() -> None:
+    said = " The cut on his chest still dripping blood."
+    segments = [segment(0.0, 3.0, said), segment(3.0, 6.0, said), segment(6.0, 7.0, " Yes."),
+                segment(7.0, 8.0, " Yes."), segment(40.0, 43.0, said)]  # fmt: skip
+    kept = [(s.start, s.text) for s in _without_loops(iter(segments))]
+    # The loop goes; a short word said twice stays, and so does the passage said again later.
+    assert kept == [(0.0, said), (6.0, " Yes."), (7.0, " Yes."), (40.0, said)]
+
+
+# --- no speech, no words
+def noise(kind: str, seconds: float) -> np.ndarray:
+    count = int(seconds * SAMPLE_RATE)
+    t = np.arange(count) / SAMPLE_RATE
+    if kind == "silence":
+        return np.zeros(count, dtype=np.float32)
+    if kind == "noise":
+        return np.random.default_rng(3).normal(0, 0.05, count).astype(np.float32)
+    return (0.1 * np.sin(2 * np.pi * 50 * t) + 0.03 * np.sin(2 * np.pi * 150 * t)).astype(
+        np.float32
+    )
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with av.open(out, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def no_speech() -> dict[str, bytes]:
+    return {
+        f"{kind}-{seconds}s": wav_bytes(noise(kind, seconds))
+        for kind in ("silence", "noise", "hum")
+        for seconds in (5, 30, 120)
+    }
+
+
+def test_no_speech_gives_no_words_through_every_format(
+    server: Any, no_speech: dict[str, bytes]
+) -> None:
+    service = server.service
+    for name, data in no_speech.items():
+        seconds = int(name.split("-")[1][:-1])
+        before = service.pieces_started
+        for route in ("transcriptions", "translations"):
+            model = TINY if route == "transcriptions" else BASE
+            for fmt in ("json", "text", "srt", "vtt", "verbose_json"):
+                response = httpx.post(
+                    f"{server.url}/v1/audio/{route}",
+                    files={"file": (f"{name}.wav", data, "audio/wav")},
+                    data={"model": model, "response_format": fmt},
+                    timeout=120,
+                )
+                assert response.status_code == 200, (name, route, fmt, response.text)
+                if fmt == "text" or fmt == "srt":
+                    assert response.text.strip() == "", (name, fmt, response.text)
+                elif fmt == "vtt":
+                    assert response.text.strip() == "WEBVTT", (name, fmt, response.text)
+                else:
+                    body = response.json()
+                    assert body["text"] == "", (name, fmt, body)
+                    if fmt == "verbose_json":
+                        assert body["segments"] == [] and body["duration"] == seconds
+                    elif route == "transcriptions":
+                        assert body["usage"] == {"type": "duration", "seconds": seconds}
+        # Nothing was read by a model: no speech costs what VAD costs.
+        assert service.pieces_started == before, name
+
+
+def test_no_speech_gives_no_words_in_streams_and_chat(
+    server: Any, no_speech: dict[str, bytes]
+) -> None:
+    import base64
+
+    for name in ("silence-30s", "noise-120s", "hum-5s"):
+        data = no_speech[name]
+        seconds = int(name.split("-")[1][:-1])
+        with httpx.stream(
+            "POST", f"{server.url}/v1/audio/transcriptions",
+            files={"file": (f"{name}.wav", data, "audio/wav")},
+            data={"model": TINY, "stream": "true"}, timeout=120,
+        ) as response:  # fmt: skip
+            events = list(sse_events(response.iter_lines()))
+        assert [e["type"] for e in events] == ["transcript.text.done"], events
+        assert events[-1]["text"] == "" and events[-1]["usage"]["seconds"] == seconds
+        body = {
+            "model": "mimo-v2.5-asr",
+            "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {
+                "data": "data:audio/wav;base64," + base64.b64encode(data).decode()}}]}],
+        }  # fmt: skip
+        chat = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+        assert chat.status_code == 200, chat.text
+        assert chat.json()["choices"][0]["message"]["content"] == "", chat.json()
+        assert chat.json()["usage"]["prompt_tokens_details"]["audio_tokens"] == math.ceil(
+            seconds * 6.25
+        )
+        with httpx.stream(
+            "POST", f"{server.url}/v1/chat/completions", json={**body, "stream": True},
+            timeout=120,
+        ) as response:  # fmt: skip
+            chunks = list(sse_events(response.iter_lines()))
+        content = "".join(c["choices"][0]["delta"].get("content") or ""
+                          for c in chunks if c["choices"])  # fmt: skip
+        assert content == "" and chunks[-1]["choices"][0]["finish_reason"] == "stop", chunks
+
+
+# --- Mandarin's script
+def has_traditional(text: str) -> bool:
+    from harken.engine.script import convert_text
+
+    return convert_text(text, "simplified") != text
+
+
+def mandarin(server: Any, speech: dict[str, Clip], script: str | None) -> Iterator[Segment]:
+    transcriber = server.service._models[BASE].transcriber
+    for clip in speech.values():
+        if clip.language == "zh":
+            options = TranscriptionOptions(word_timestamps=True, chinese_script=script)  # type: ignore[arg-type]
+            result = transcribe_long(transcriber, decode_pcm16(clip.bytes()), options)
+            assert result.info.language == "zh"
+            yield from result.segments
+
+
+def test_mandarin_is_simplified_unless_asked(server: Any, speech: dict[str, Clip]) -> None:
+    original = list(mandarin(server, speech, "original"))
+    # Whisper-base writes at least one of these clips in Traditional characters.
+    assert any(has_traditional(s.text) for s in original), [s.text for s in original]
+    for script in (None, "simplified"):
+        for seg in mandarin(server, speech, script):
+            assert not has_traditional(seg.text), seg.text
+            assert "".join(w.word for w in seg.words or ()) == seg.text
+    traditional = list(mandarin(server, speech, "traditional"))
+    assert any(has_traditional(s.text) for s in traditional)
+    assert all("".join(w.word for w in s.words or ()) == s.text for s in traditional)
+
+
+def test_converting_keeps_words_and_times() -> None:
+    words = (Word(0.0, 0.5, "廣州", 0.9), Word(0.5, 1.0, "市", 0.9))
+    converted = convert_segment(segment(0.0, 1.0, "廣州市", words=words), "simplified")
+    assert converted.text == "广州市"
+    assert [(w.word, w.start, w.end) for w in converted.words or ()] == [
+        ("广州", 0.0, 0.5), ("市", 0.5, 1.0)]  # fmt: skip
+
+
+def test_japanese_is_left_alone(server: Any, speech: dict[str, Clip]) -> None:
+    clip = speech["picovoice_test_ja"]
+    transcriber = server.service._models[BASE].transcriber
+    for script in ("simplified", "traditional"):
+        options = TranscriptionOptions(chinese_script=script)  # type: ignore[arg-type]
+        result = transcribe_long(transcriber, decode_pcm16(clip.bytes()), options)
+        text = "".join(s.text for s in result.segments)
+        assert result.info.language == "ja" and "観" in text, text
