@@ -8,17 +8,20 @@ translation use whisper-base.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
-from collections.abc import Iterator
 from typing import Any
 
+import av
 import httpx
+import numpy as np
 import openai
 import pytest
 import srt
 import webvtt
 
+from harken.audio import SAMPLE_RATE, decode_audio
 from harken.engine import Transcription
 from tests.conftest import cer, normalize_text, run_server, wer
 
@@ -154,33 +157,47 @@ def test_sdk_stream_deltas_join_to_the_done_text(openai_client, speech, english_
 
 
 def test_an_engine_failure_mid_stream_is_an_error_event(server, speech, monkeypatch):
+    """The clip twice, 20 s apart (so read as two pieces); the model fails on the second."""
     loaded = server.service._models[TINY]
-    monkeypatch.setattr(loaded, "transcriber", FailsAfterFirstSegment(loaded.transcriber))
-    response = post(server, clip=speech[ENGLISH], data={"model": TINY, "stream": "true"})
+    monkeypatch.setattr(loaded, "transcriber", FailsAfterFirstPiece(loaded.transcriber))
+    clip = decode_audio(speech[ENGLISH].bytes())
+    twice = np.concatenate([clip, np.zeros(20 * SAMPLE_RATE, dtype=np.float32), clip])
+    response = post(server, files={"file": ("twice.wav", wav_bytes(twice))},
+                    data={"model": TINY, "stream": "true"})  # fmt: skip
     assert response.status_code == 200  # the stream had started
-    first, error = sse_payloads(response.text)
-    assert first["type"] == "transcript.text.delta" and first["delta"]
+    *deltas, error = sse_payloads(response.text)
+    assert deltas and all(e["type"] == "transcript.text.delta" and e["delta"] for e in deltas)
     assert error["error"]["type"] == "server_error" and "Traceback" not in response.text
 
 
-class FailsAfterFirstSegment:
-    """The real model, made to fail after its first segment: no real input makes the engine
-    fail half-way on purpose, and this is the path a client must see handled."""
+def wav_bytes(samples: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    with av.open(out, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return out.getvalue()
+
+
+class FailsAfterFirstPiece:
+    """The real model, made to fail once it has read one piece of a recording: no real input
+    makes the engine fail half-way on purpose, and this is the path a client must see handled."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
 
     def transcribe(self, audio: Any, options: Any) -> Transcription:
-        result = self.real.transcribe(audio, options)
-
-        def segments() -> Iterator[Any]:
-            yield next(result.segments)
+        self.calls += 1
+        if self.calls > 1:
             raise RuntimeError("the engine fell over")
-
-        return Transcription(result.info, segments())
+        return self.real.transcribe(audio, options)
 
 
 # --- one engine behind both dialects

@@ -75,11 +75,11 @@ def transcribe_long(
 ) -> Transcription:
     """Start transcribing 16 kHz mono `audio` (int16 PCM or float32) of any length.
 
-    Returns once the first piece of speech has been read (so the language is known); the
-    other segments are produced as their pieces are read. Audio in which VAD finds no speech
-    gives no segment and costs no model call. `should_stop` is asked between pieces, so a job
-    whose client went away stops even while pieces give no text; `on_piece` hears of each
-    piece as it starts being read (progress, metrics, tests).
+    Returns once the language is known (from the first piece of speech); the segments are
+    produced as their pieces are read. Audio in which VAD finds no speech gives no segment and
+    costs no model call. `should_stop` is asked between pieces, so a job whose client went away
+    stops even while pieces give no text; `on_piece` hears of each piece as it starts being
+    read (progress, metrics, tests).
     """
     segmentation = options.segmentation or SegmentationOptions()
     duration = audio.shape[0] / SAMPLE_RATE
@@ -91,7 +91,7 @@ def transcribe_long(
         return Transcription(info=info, segments=iter(()))
 
     reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
-    detected, segments = reader.read(first)
+    detected, segments = reader.start(first)
     info = dataclasses.replace(detected, duration=duration)
     reader.options = dataclasses.replace(options, language=options.language or info.language)
     stream = _in_order(reader, segments, pieces, should_stop, parallel_pieces(transcriber))
@@ -125,6 +125,11 @@ class _PieceReader:
         self.on_piece = on_piece
 
     def read(self, piece: Piece) -> tuple[TranscriptionInfo, list[Segment]]:
+        info, segments = self.start(piece)
+        return info, segments()
+
+    def start(self, piece: Piece) -> tuple[TranscriptionInfo, Callable[[], list[Segment]]]:
+        """Start reading: the info (language) once known, and what finishes the reading."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
@@ -132,11 +137,15 @@ class _PieceReader:
         if self.level and speech:
             samples = level_speech(samples, speech)
         result = self.transcriber.transcribe(samples, self.options)
-        segments = list(result.segments)
-        if speech:
-            segments = self._with_unheard(samples, speech, segments)
-            segments = [s for s in segments if not _over_silence(s, speech)]
-        return result.info, [_shifted(s, piece, s.id) for s in segments]
+
+        def finish() -> list[Segment]:
+            segments = list(result.segments)
+            if speech:
+                segments = self._with_unheard(samples, speech, segments)
+                segments = [s for s in segments if not _over_silence(s, speech)]
+            return [_shifted(s, piece, s.id) for s in segments]
+
+        return result.info, finish
 
     def _with_unheard(
         self, samples: np.ndarray, speech: tuple[tuple[int, int], ...], segments: list[Segment]
@@ -216,7 +225,7 @@ def _moved(segment: Segment, offset: float) -> Segment:
 
 def _in_order(
     reader: _PieceReader,
-    first: list[Segment],
+    first: Callable[[], list[Segment]],
     pieces: Iterator[Piece],
     should_stop: Callable[[], bool],
     parallel: int,
@@ -249,7 +258,7 @@ def _in_order(
             pending.append(pool.submit(read, piece).result)
 
     try:
-        yield from first  # before the others start: the first text is not held back
+        yield from first()  # before the others start: the first text is not held back
         fill()
         while pending:
             if should_stop():
