@@ -16,7 +16,7 @@ from typing import cast
 import av
 import numpy as np
 
-from harken.errors import AudioTooLong, InvalidAudio
+from harken.errors import AudioTooLong, HarkenError, InvalidAudio
 
 SAMPLE_RATE = 16_000
 
@@ -27,8 +27,24 @@ def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Itera
     """Yield the audio in `data` as float32 mono chunks at 16 kHz, in order.
 
     Raises InvalidAudio when the bytes hold no decodable audio stream, AudioTooLong as soon as the
-    decoded audio passes `max_seconds`.
+    decoded audio passes `max_seconds`; nothing else. The bytes come from anyone, and PyAV on
+    hostile input has raised more than FFmpeg's errors (an `AttributeError` from a stream whose
+    codec could not be opened): whatever it raises is the file's fault, so a client always gets
+    a 400, never a 500.
     """
+    try:
+        yield from _decode_chunks(data, max_seconds)
+    except HarkenError:
+        raise
+    except Exception as exc:
+        log.info("audio refused: the decoder raised %s: %s", type(exc).__name__, exc)
+        raise InvalidAudio(
+            "The audio could not be decoded: its format or codec is not supported, or the file "
+            "is damaged."
+        ) from exc
+
+
+def _decode_chunks(data: bytes, max_seconds: float | None) -> Iterator[np.ndarray]:
     if not data:
         raise InvalidAudio("The audio is empty (0 bytes).")
     max_samples = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
@@ -43,6 +59,13 @@ def iter_audio_chunks(data: bytes, *, max_seconds: float | None = None) -> Itera
         stream = next(iter(container.streams.audio), None)
         if stream is None:
             raise InvalidAudio("The file has no audio stream.")
+        if stream.codec_context is None:
+            # FFmpeg found a stream but has no decoder for it (a WAV format tag such as 0xFFFE
+            # with a bad extension, or 0 bits per sample): PyAV's stream then has no rate at all.
+            raise InvalidAudio(
+                "The audio could not be decoded: its codec is not supported or its header is "
+                "damaged (e.g. a WAV format tag or bit depth that no decoder reads)."
+            )
         rate = stream.sample_rate or 0
         if rate < _MIN_SAMPLE_RATE:
             # A header claiming e.g. 1 Hz turns 32 KB of PCM into hours once resampled: a bomb.

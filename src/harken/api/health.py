@@ -15,7 +15,7 @@ router = APIRouter()
 async def health(request: Request) -> JSONResponse:
     service: TranscriptionService = request.app.state.service
     if service.shutting_down:
-        error = ShuttingDown("The server is shutting down.")
+        error: Overloaded = ShuttingDown("The server is shutting down.")
         return JSONResponse(error.body(), status_code=error.status)
     if service.load_error is not None:
         error = Overloaded("The server can't take work: its default model failed to load.")
