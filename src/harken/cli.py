@@ -68,10 +68,8 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
 ) -> None:
     """Run the HTTP server."""
-    import uvicorn
-
     from harken.api import create_app
-    from harken.api.serving import DrainingServer
+    from harken.api.serving import build_server
     from harken.catalog import Catalog, WeightsUnavailable
     from harken.service.memory import keep_freed_memory
 
@@ -105,14 +103,7 @@ def serve(
     # that is a no-op, so a graceful SIGTERM exits 0 (what systemd and Kubernetes expect).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     application = create_app(settings)
-    config = uvicorn.Config(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-    )
-    DrainingServer(config, application.state.service, settings.shutdown_grace_seconds).run()
+    build_server(application, settings, log_level=log_level).run()
 
 
 @app.command()

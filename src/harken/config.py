@@ -78,6 +78,17 @@ class Settings(BaseSettings):
     # Slow uploads (slowloris): the longest pause between body chunks, and the whole body's time.
     body_idle_timeout_seconds: float = 20.0
     body_timeout_seconds: float = 300.0
+    # Connections, before a request reaches the app (api/serving.py): a new connection that sends
+    # nothing is closed after `connection_idle_timeout_seconds`; a request's line and headers
+    # must arrive within `header_timeout_seconds` of their first byte (408 past it: slowloris);
+    # an idle kept-alive connection is closed after `keep_alive_timeout_seconds`; past
+    # `max_connections` open at once, a new one gets a 503 and is closed.
+    connection_idle_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    header_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1)
+    max_connections: int = Field(default=1000, ge=1)
+    # The interactive API page at /docs (Swagger UI, served from this server, no CDN).
+    docs: bool = True
 
     # --- long audio: cut at pauses found by Silero VAD (requests may override: chunking_strategy)
     vad_enabled: bool = True

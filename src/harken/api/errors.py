@@ -47,6 +47,10 @@ def describe_validation_error(errors: list[Any]) -> InvalidRequest:
     kind = first.get("type", "")
     if kind == "json_invalid":
         return InvalidRequest("The request body is not valid JSON.", code="invalid_json")
+    if kind == "missing" and param is None:
+        return InvalidRequest(
+            "The request body is empty: send the request as a JSON object.", code="invalid_json"
+        )
     if kind == "missing":
         message = f"The field {param!r} is required."
     elif kind in ("model_attributes_type", "dict_type") and not loc:
@@ -140,4 +144,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(ServerError("The server failed to process the request (a bug)."))
+        # Starlette re-raises after this answer and uvicorn then drops the connection: say so,
+        # so that a keep-alive client opens a new one instead of failing its next request.
+        error = ServerError(
+            "The server failed to process the request (a bug).", headers={"Connection": "close"}
+        )
+        return error_response(error)

@@ -2,7 +2,9 @@
 
 A declared Content-Length over the limit is refused at once; a chunked body is counted as it
 streams in, and the moment it passes the limit the client gets a 413, whatever the route was
-doing with the partial body.
+doing with the partial body. An HTTP/1.0 POST that declares no length gets a 411: HTTP/1.0 has
+no other way to say where a body ends, so the server reads it as empty, and the route would
+otherwise complain about a missing field instead of the missing header.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from harken.api.errors import send_error
-from harken.errors import FileTooLarge
+from harken.errors import FileTooLarge, HarkenError
 
 
 class BodyLimitMiddleware:
@@ -23,6 +25,9 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if _body_length_unknown(scope):
+            await send_error(send, _length_required(), close=True)
             return
         limit = self.limit_for(scope["path"])
         for name, value in scope.get("headers", ()):
@@ -69,6 +74,26 @@ class BodyLimitMiddleware:
                 raise
         if exceeded and not response_started:
             await _send_413(send, limit)
+
+
+class LengthRequired(HarkenError):
+    status = 411
+    type = "invalid_request_error"
+    code = "length_required"
+
+
+def _body_length_unknown(scope: Scope) -> bool:
+    if scope.get("http_version") != "1.0" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+        return False
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"content-length" not in names and b"transfer-encoding" not in names
+
+
+def _length_required() -> LengthRequired:
+    return LengthRequired(
+        "The request has no Content-Length header: an HTTP/1.0 request must declare its body's "
+        "length (or use HTTP/1.1), otherwise the body cannot be read."
+    )
 
 
 async def _send_413(send: Send, limit: int) -> None:
