@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from harken import __version__
-from harken.api import audio, chat, health, models, web
+from harken.api import audio, chat, docs, health, models, web
 from harken.api.auth import ApiKeyMiddleware
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
@@ -44,6 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Self-hosted speech recognition: MiMo ASR and OpenAI audio APIs.",
         lifespan=lifespan,
+        # FastAPI's pages load from a CDN; harken.api.docs serves the same from this server.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.state.settings = settings
@@ -79,5 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(metrics_router)
     app.include_router(web.router)  # the page at `/`; needs no key, asks for one
+    if settings.docs:
+        app.include_router(docs.router)
     app.include_router(audio.router)
     return app

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from harken.api.auth import require_api_key
 from harken.api.sse import sse_error, sse_event, sse_headers
@@ -92,7 +92,7 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
-    n: int | None = None
+    n: StrictInt | None = None  # strict: `true` is not 1
     # Accepted for compatibility; transcription length is set by the audio.
     max_tokens: int | None = None
     max_completion_tokens: int | None = None

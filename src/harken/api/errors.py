@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
+from harken.api.openapi import tighten
 from harken.errors import HarkenError, InvalidRequest, NotFound, ServerError
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_error_body(default_openapi())
+            app.openapi_schema = tighten(document_error_body(default_openapi()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
