@@ -6,7 +6,13 @@ bodies, clients that leave mid-request and cheap GETs, then prints the request c
 error count (5xx, transport failures, or a status the request should not get) and the server's
 resident memory at start, middle and end. Memory that creeps from middle to end is a leak.
 
-    .venv/bin/python benchmarks/soak.py --seconds 120 --clients 3 --hostile 2
+Alongside them, `--idle` connections that never send a byte and `--slow` clients that send
+their headers a byte a second (slowloris) are held open, each reopened as soon as the server
+cuts it. It prints how many were held, how often and how soon the server cut them, the time to
+serve a normal request (GET /v1/models on a new connection, every 2 s) while they are held,
+and the server's peak resident memory and open file descriptors.
+
+    .venv/bin/python benchmarks/soak.py --seconds 120 --clients 3 --hostile 2 --idle 200 --slow 20
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import base64
 import json
 import os
 import random
+import select
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -41,6 +49,13 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def load_clips() -> list[bytes]:
@@ -153,6 +168,122 @@ class Soak:
                         self.errors[f"{kind}: got {status}"] += 1
 
 
+class Holders:
+    """Connections that hold a place and do no work: idle ones and slow-header ones."""
+
+    HEAD = b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 40 + b"\r\n"
+
+    def __init__(self, url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.address = (host, int(port))
+        self.lock = threading.Lock()
+        self.held: list[int] = []  # samples of connections open at once
+        self.cut_after: dict[str, list[float]] = {"idle": [], "slow": []}
+        self.answers: Counter[str] = Counter()  # what a cut slow client was told
+        self.refused = 0  # connections the server would not accept at all
+        self.probe_ms: list[float] = []
+        self.probe_errors: Counter[str] = Counter()
+
+    def _open(self) -> tuple[socket.socket, float] | None:
+        try:
+            return socket.create_connection(self.address, timeout=10), time.monotonic()
+        except OSError:
+            with self.lock:
+                self.refused += 1
+            return None
+
+    def hold(self, stop: float, idle: int, slow: int) -> None:
+        """Keeps `idle` silent and `slow` trickling connections open until `stop`."""
+        conns: list[tuple[str, socket.socket, float, int]] = []  # kind, sock, opened, bytes sent
+        for kind, count in (("idle", idle), ("slow", slow)):
+            for _ in range(count):
+                opened = self._open()
+                if opened:
+                    conns.append((kind, opened[0], opened[1], 0))
+        next_byte = time.monotonic() + 1
+        while time.monotonic() < stop:
+            readable, _, _ = select.select([c[1] for c in conns], [], [], 0.2)
+            closed = {id(sock) for sock in readable}
+            trickle = time.monotonic() >= next_byte
+            if trickle:
+                next_byte += 1
+            kept = []
+            for kind, sock, opened, sent in conns:
+                if id(sock) in closed or (
+                    trickle and kind == "slow" and not self._send(sock, sent)
+                ):
+                    self._record_cut(kind, sock, opened)
+                    reopened = self._open()
+                    if reopened:
+                        kept.append((kind, reopened[0], reopened[1], 0))
+                    continue
+                kept.append((kind, sock, opened, sent + int(trickle and kind == "slow")))
+            conns = kept
+            with self.lock:
+                self.held.append(len(conns))
+        for _, sock, _, _ in conns:
+            sock.close()
+
+    def _send(self, sock: socket.socket, sent: int) -> bool:
+        try:
+            sock.send(self.HEAD[sent % len(self.HEAD) : sent % len(self.HEAD) + 1])
+            return True
+        except OSError:
+            return False
+
+    def _record_cut(self, kind: str, sock: socket.socket, opened: float) -> None:
+        try:
+            sock.settimeout(0.5)
+            answer = sock.recv(4096)
+        except OSError:
+            answer = b""
+        sock.close()
+        with self.lock:
+            self.cut_after[kind].append(time.monotonic() - opened)
+            if kind == "slow":
+                self.answers[answer.split(b"\r\n", 1)[0].decode("latin-1") or "closed"] += 1
+
+    def probe(self, url: str, stop: float) -> None:
+        """A normal request on a new connection every 2 s: how long it waits behind the holders."""
+        while time.monotonic() < stop:
+            started = time.perf_counter()
+            try:
+                status = httpx.get(f"{url}/v1/models", timeout=30).status_code
+                if status == 200:
+                    with self.lock:
+                        self.probe_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    self.probe_errors[str(status)] += 1
+            except httpx.HTTPError as exc:
+                self.probe_errors[type(exc).__name__] += 1
+            time.sleep(2)
+
+    def report(self) -> None:
+        held = self.held or [0]
+        print(
+            f"connections held: mean {statistics.mean(held):.0f}, max {max(held)}; "
+            f"refused at connect: {self.refused}"
+        )
+        for kind, times in self.cut_after.items():
+            if not times:
+                print(f"  {kind}: none cut")
+                continue
+            median, longest = statistics.median(times), max(times)
+            print(f"  {kind}: {len(times)} cut by the server, after {median:.1f} s (median), "
+                  f"{longest:.1f} s (max)")  # fmt: skip
+        if self.answers:
+            told = ", ".join(f"{answer} x{n}" for answer, n in self.answers.most_common())
+            print(f"  slow clients were told: {told}")
+        if self.probe_ms:
+            ms = sorted(self.probe_ms)
+            p95 = ms[max(0, int(len(ms) * 0.95) - 1)]
+            print(
+                "normal request while held (GET /v1/models, new connection): "
+                f"{len(ms)} probes, median {statistics.median(ms):.0f} ms, p95 {p95:.0f} ms, "
+                f"max {ms[-1]:.0f} ms, errors {dict(self.probe_errors)}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=120, help="how long (at most 600)")
@@ -160,6 +291,8 @@ def main() -> None:
     parser.add_argument("--hostile", type=int, default=2, help="clients sending bad requests")
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--idle", type=int, default=200, help="connections that never send")
+    parser.add_argument("--slow", type=int, default=20, help="clients sending headers 1 byte/s")
     args = parser.parse_args()
     seconds = min(args.seconds, 600)
 
@@ -190,10 +323,15 @@ def main() -> None:
             threading.Thread(target=soak.client, args=(stop, args.seed + i, mix))
             for i, mix in enumerate(mixes)
         ]
+        holders = Holders(url)
+        threads.append(threading.Thread(target=holders.hold, args=(stop, args.idle, args.slow)))
+        threads.append(threading.Thread(target=holders.probe, args=(url, stop)))
+        fds: list[int] = []
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
             samples.append(rss_mib(server.pid))
+            fds.append(open_fds(server.pid))
             if "middle" not in rss and time.monotonic() >= started + seconds / 2:
                 rss["middle"] = samples[-1]
             time.sleep(1)
@@ -214,8 +352,10 @@ def main() -> None:
             print(f"  {key:<24} {n}")
         for key, n in sorted(soak.errors.items()):
             print(f"  ERROR {key:<18} {n}")
+        holders.report()
         print("server RSS MiB: " + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
-              + f", max {max(samples, default=0):.0f}; server alive: {alive}")  # fmt: skip
+              + f", peak {max(samples, default=0):.0f}; open fds peak {max(fds, default=0)}; "
+              f"server alive: {alive}")  # fmt: skip
         sys.exit(1 if errors or not alive else 0)
     finally:
         server.terminate()
