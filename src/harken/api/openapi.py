@@ -37,7 +37,8 @@ def tighten(schema: dict[str, Any]) -> dict[str, Any]:
     model = paths.get("/v1/models/{model_id}", {}).get("get")
     for parameter in model.get("parameters", []) if model else []:
         if parameter.get("name") == "model_id":
-            parameter["schema"]["pattern"] = "^[^/]+$"  # one path segment
+            # One path segment of printable characters: the router matches no other.
+            parameter["schema"]["pattern"] = "^[^/\\u0000-\\u001f\\u007f]+$"
     return schema
 
 
