@@ -300,3 +300,18 @@ def test_docs_can_be_turned_off(app_settings: Settings):
     assert client.get("/docs").status_code == 404
     assert client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").status_code == 200  # the schema stays: tools use it
+
+
+def test_the_uvicorn_hooks_serving_relies_on_exist():
+    """serving.py overrides these of uvicorn's h11 protocol; an upgrade that renames one must
+    fail here by name, not by a limit silently gone."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    hooks = [
+        "connection_made", "data_received", "connection_lost", "handle_events",
+        "send_400_response", "on_response_complete", "handle_websocket_upgrade",
+    ]  # fmt: skip
+    for name in hooks:
+        assert callable(getattr(H11Protocol, name, None)), name
+    assert hasattr(h11.Connection, "trailing_data") and hasattr(h11.Connection, "next_event")
