@@ -30,6 +30,7 @@ import asyncio
 import http
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -182,7 +183,7 @@ class LimitedH11Protocol(H11Protocol):
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             # Answer its request (if it sends one at once) with a 503 instead of running it.
-            log.warning("connection refused: %d open", len(self.connections) - 1)
+            _warn_over_capacity(self.limits.max_connections)
             self.app = _OverCapacity(self.limits.max_connections)
             self._arm(min(self.limits.idle_timeout, _OVER_CAPACITY_GRACE))
             return
@@ -251,6 +252,22 @@ class LimitedH11Protocol(H11Protocol):
             )
             self.transport.write(raw_response(error, self.server_state.default_headers))
         self.transport.close()
+
+
+_refused = {"count": 0, "logged_at": -60.0}
+
+
+def _warn_over_capacity(limit: int) -> None:
+    """One warning a minute at most, with the count: a flood must not flood the log too."""
+    _refused["count"] += 1
+    now = time.monotonic()
+    if now - _refused["logged_at"] >= 60:
+        log.warning(
+            "connections over the cap of %d: %d refused with a 503 since the last warning",
+            limit,
+            _refused["count"],
+        )
+        _refused.update(count=0, logged_at=now)
 
 
 class _OverCapacity:
