@@ -315,3 +315,15 @@ def test_the_uvicorn_hooks_serving_relies_on_exist():
     for name in hooks:
         assert callable(getattr(H11Protocol, name, None)), name
     assert hasattr(h11.Connection, "trailing_data") and hasattr(h11.Connection, "next_event")
+
+
+def test_a_cap_above_the_file_limit_is_warned_about(monkeypatch, caplog):
+    import resource
+
+    from harken.api import serving
+
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: (256, 4096))
+    with caplog.at_level("WARNING", logger="harken.api.serving"):
+        serving._check_file_limit(1000)
+        serving._check_file_limit(100)
+    assert len(caplog.records) == 1 and "ulimit -n" in caplog.records[0].getMessage()

@@ -30,6 +30,7 @@ import asyncio
 import http
 import json
 import logging
+import resource
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -298,8 +299,27 @@ def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") 
 
 def build_server(app: FastAPI, settings: Settings, *, log_level: str = "info") -> DrainingServer:
     """The server `harken serve` runs: `server_config` with the draining shutdown."""
+    _check_file_limit(settings.max_connections)
     config = server_config(app, settings, log_level=log_level)
     return DrainingServer(config, app.state.service, settings.shutdown_grace_seconds)
+
+
+def _check_file_limit(max_connections: int) -> None:
+    """Each connection is a file descriptor: a cap above the process's limit is never reached,
+    and past the limit the kernel refuses connections with no answer at all."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "HARKEN_MAX_CONNECTIONS=%d needs about %d open files, but this process may open %d; "
+            "raise the limit (ulimit -n, LimitNOFILE=) or lower the cap",
+            max_connections,
+            needed,
+            soft,
+        )
+
+
+_SPARE_FILES = 64  # model files, logs, the listening socket, worker pipes
 
 
 class DrainingServer(uvicorn.Server):
