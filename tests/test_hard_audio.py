@@ -369,3 +369,32 @@ def test_japanese_is_left_alone(server: Any, speech: dict[str, Clip]) -> None:
         result = transcribe_long(transcriber, decode_pcm16(clip.bytes()), options)
         text = "".join(s.text for s in result.segments)
         assert result.info.language == "ja" and "観" in text, text
+
+
+def test_silence_and_lying_headers_cost_no_model_time(server: Any) -> None:
+    """The hardening probe's cheapest denial of service: silence, short or long, and WAV
+    headers that lie about their data, took seconds of model time each. They are answered
+    from VAD alone now (or refused as audio), and no model reads them."""
+    from tests.test_hardening_wav_fuzz import wav
+
+    silence = bytes(10 * SAMPLE_RATE * 2)
+    files = {
+        "silence-0.1s": wav(bytes(SAMPLE_RATE // 5)),
+        "silence-10s": wav(silence),
+        "data-length-lies": wav(silence, data_size=0xFFFFFFFF),
+        "block-align-0": wav(silence, block_align=0),
+        "byte-rate-0": wav(silence, byte_rate=0),
+    }
+    service = server.service
+    for name, data in files.items():
+        before = service.pieces_started
+        response = httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": (f"{name}.wav", data, "audio/wav")},
+            data={"model": TINY},
+            timeout=60,
+        )
+        assert response.status_code in (200, 400), (name, response.text)
+        if response.status_code == 200:
+            assert response.json()["text"] == "", (name, response.text)
+        assert service.pieces_started == before, name
