@@ -1,21 +1,28 @@
 """Long recordings: harken's streamed transcription vs the raw faster-whisper call, same file.
 
-For each length asked for, a recording is made in a temporary folder from the speech set (the
-English clips, the 159 s sonnet reading among them, joined with pauses of 0.6–25 s, repeated in
-new orders until it is long enough) and transcribed twice, each in a fresh process so that peak
-memory is its own:
+Recordings, made in a temporary folder from the speech set:
+
+- `--minutes N`: the English clips, the 159 s sonnet reading among them, joined with pauses of
+  0.6-25 s, repeated in new orders until the file is N minutes long (FLAC).
+- `--turns`: the short-pause, many-speaker recording: every English clip but the sonnets,
+  each levelled to -23 dB, in three shuffled orders, 0.5-2 s apart, as Opus at 32 kbps
+  (speakers taking turns, where Whisper reading a window of several speakers loses a turn).
+- `--levels`: twelve clips 1 s apart, every second one 25 dB quieter (FLAC).
+
+Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
 - harken: `harken serve` as a subprocess, the file uploaded to /v1/audio/transcriptions with
-  stream=true; time to the first text delta and to the end; the server's peak RSS (VmHWM in
-  /proc) against its RSS once the model is loaded.
+  stream=true; time to the first text delta and to the end; CPU seconds; the server's peak RSS
+  (VmHWM in /proc) against its RSS once the model is loaded.
 - raw: `WhisperModel(...).transcribe(path)` in a subprocess, as its README shows it (the whole
   file decoded to float32, Whisper's sequential windows); time to the first segment and to the
-  end; peak RSS.
+  end; CPU seconds; peak RSS.
+- raw+vad: the same with `vad_filter=True` (faster-whisper's own VAD pass).
 
 Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
-    .venv/bin/python benchmarks/long_audio.py [--model whisper-tiny.en] [--minutes 10 60]
-        [--harken-only] [--keep DIR]
+    .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
+        [--turns] [--levels] [--harken-only] [--no-vad-row] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ SPEECH = ROOT.parent / "shared" / "data" / "speech"
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port, wait_healthy  # noqa: E402
+from tests.conftest import Clip, free_port, wait_healthy  # noqa: E402
 
 SAMPLE_RATE = 16_000
 GAPS = (1.0, 8.0, 0.6, 18.0, 2.5, 12.0, 1.5, 25.0, 5.0, 15.0)
@@ -108,6 +115,12 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_harken(path: Path, model: str, home: Path) -> dict:
     port = free_port()
     env = {
@@ -128,6 +141,7 @@ def run_harken(path: Path, model: str, home: Path) -> dict:
     try:
         wait_healthy(url, lambda: server.poll() is None, timeout=300)
         loaded_rss, _ = peak_rss_mb(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         text = ""
         first = None
         started = time.monotonic()
@@ -154,21 +168,22 @@ def run_harken(path: Path, model: str, home: Path) -> dict:
         total = time.monotonic() - started
         _, peak = peak_rss_mb(server.pid)
         return {"total": total, "first": first, "peak_mb": peak, "loaded_mb": loaded_rss,
-                "text": text}  # fmt: skip
+                "cpu": cpu_seconds(server.pid) - cpu_before, "text": text}  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=60)
 
 
-def run_raw(path: Path, model: str, home: Path) -> dict:
+def run_raw(path: Path, model: str, home: Path, vad: bool = False) -> dict:
     out = subprocess.run(
-        [sys.executable, __file__, "--raw-child", str(path), "--model", model, "--home", str(home)],
+        [sys.executable, __file__, "--raw-child", str(path), "--model", model, "--home", str(home),
+         *(["--raw-vad"] if vad else [])],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def raw_child(path: Path, model: str, home: Path) -> None:
+def raw_child(path: Path, model: str, home: Path, vad: bool) -> None:
     """The raw call, in its own process: faster-whisper as its README uses it."""
     from faster_whisper import WhisperModel
 
@@ -184,8 +199,11 @@ def raw_child(path: Path, model: str, home: Path) -> None:
         cpu_threads=settings.cpu_threads or os.cpu_count() or 1,
     )  # fmt: skip
     loaded, _ = peak_rss_mb(os.getpid())
+    cpu_before = cpu_seconds(os.getpid())
     started = time.monotonic()
-    segments, _info = whisper.transcribe(str(path), language="en", beam_size=settings.beam_size)
+    segments, _info = whisper.transcribe(
+        str(path), language="en", beam_size=settings.beam_size, vad_filter=vad
+    )
     first = None
     texts = []
     for segment in segments:
@@ -195,6 +213,7 @@ def raw_child(path: Path, model: str, home: Path) -> None:
     total = time.monotonic() - started
     _, peak = peak_rss_mb(os.getpid())
     print(json.dumps({"total": total, "first": first, "peak_mb": peak, "loaded_mb": loaded,
+                      "cpu": cpu_seconds(os.getpid()) - cpu_before,
                       "text": "".join(texts).strip()}))  # fmt: skip
 
 
@@ -206,11 +225,50 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(normalize_text(reference), normalize_text(hypothesis)))
 
 
+def shared_clips() -> dict[str, Clip]:
+    items = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
+    return {
+        i["id"]: Clip(i["id"], SPEECH / i["path"], i["text"], i["language"], i["duration_s"])
+        for i in items
+    }
+
+
+def make_turns(folder: Path) -> tuple[Path, str, float]:
+    """Every English clip but the sonnets, levelled, in three shuffled orders, 0.5-2 s apart,
+    as Opus 32 kbps (built the way tests/test_hard_audio.py builds its shorter one)."""
+    from tests.test_hard_audio import build
+
+    english = [c for c in shared_clips().values()
+               if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
+    rng = np.random.default_rng(21)
+    order = [english[i] for _ in range(3) for i in rng.permutation(len(english))]
+    built = build(folder / "turns.ogg", order, rng.uniform(0.5, 2.0, len(order)).tolist())
+    return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
+
+
+def make_levels(folder: Path) -> tuple[Path, str, float]:
+    """Twelve clips of 3-14 s, 1 s apart, every second one 25 dB quieter."""
+    from tests.test_hard_audio import build
+
+    english = [c for c in shared_clips().values() if c.language == "en" and 3 < c.duration < 14]
+    built = build(folder / "levels.flac", english[:12], [1.0] * 12, quiet_every=2)
+    return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
+
+
+def recording_seconds(path: Path) -> float:
+    from harken.audio import decode_pcm16
+
+    return decode_pcm16(path.read_bytes()).shape[0] / SAMPLE_RATE
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-tiny.en")
-    parser.add_argument("--minutes", type=float, nargs="+", default=[10.0, 60.0])
-    parser.add_argument("--harken-only", action="store_true", help="skip the raw call")
+    parser.add_argument("--minutes", type=float, nargs="*", default=[10.0, 60.0])
+    parser.add_argument("--turns", action="store_true", help="the short-pause, many-speaker file")
+    parser.add_argument("--levels", action="store_true", help="the level-change file")
+    parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
+    parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
     parser.add_argument(
         "--sparse", action="store_true", help="the clips once, pauses stretched to the length"
     )
@@ -220,40 +278,52 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the recordings here and keep them")
     parser.add_argument("--home", type=Path, default=None, help="HARKEN_HOME (model cache)")
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--raw-vad", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     from harken.config import Settings
 
     home = args.home or Settings().home
     if args.raw_child:
-        raw_child(args.raw_child, args.model, home)
+        raw_child(args.raw_child, args.model, home, args.raw_vad)
         return
     folder = args.keep or Path(tempfile.mkdtemp(prefix="harken-long-"))
     folder.mkdir(parents=True, exist_ok=True)
-    rows = []
+    recordings = []
+    if args.turns:
+        recordings.append(("turns", *make_turns(folder)))
+    if args.levels:
+        recordings.append(("levels", *make_levels(folder)))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
-        print(f"# {path.name}: {duration / 60:.1f} min, {path.stat().st_size / 2**20:.0f} MB",
-              flush=True)  # fmt: skip
+        name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
+        recordings.append((name, path, reference, duration))
+    rows = []
+    for name, path, reference, duration in recordings:
+        print(f"# {name}: {path.name}, {duration / 60:.1f} min, "
+              f"{path.stat().st_size / 2**20:.1f} MB", flush=True)  # fmt: skip
         results = {"harken": run_harken(path, args.model, home)}
         if not args.harken_only:
             results["raw"] = run_raw(path, args.model, home)
+            if not args.no_vad_row:
+                results["raw+vad"] = run_raw(path, args.model, home, vad=True)
         for engine, r in results.items():
             r["wer"] = word_error_rate(reference, r["text"])
-            name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
             rows.append((name, engine, duration, r))
-            print(f"  {engine}: {r['total']:.1f} s, first text {r['first']:.1f} s, "
-                  f"peak {r['peak_mb']:.0f} MB, WER {r['wer']:.3f}", flush=True)  # fmt: skip
+            print(f"  {engine}: {r['total']:.1f} s, first text {r['first'] or 0:.1f} s, "
+                  f"CPU {r['cpu']:.0f} s, peak {r['peak_mb']:.0f} MB, WER {r['wer']:.3f}",
+                  flush=True)  # fmt: skip
 
     print(f"\nmodel {args.model}, {os.cpu_count()} CPU cores")
-    header = ("file", "engine", "total s", "RTF", "first text s", "first/total",
+    header = ("file", "engine", "total s", "RTF", "first text s", "first/total", "CPU s",
               "peak RSS MB", "RSS after load MB", "WER")  # fmt: skip
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for name, engine, duration, r in rows:
+        first = r["first"] or 0.0
         print(" | ".join([
             name, engine, f"{r['total']:.1f}", f"{r['total'] / duration:.3f}",
-            f"{r['first']:.1f}", f"{r['first'] / r['total']:.1%}", f"{r['peak_mb']:.0f}",
+            f"{first:.1f}", f"{first / r['total']:.1%}", f"{r['cpu']:.0f}", f"{r['peak_mb']:.0f}",
             f"{r['loaded_mb']:.0f}", f"{r['wer']:.3f}",
         ]))  # fmt: skip
     by_file: dict[str, dict[str, dict]] = {}
@@ -263,8 +333,10 @@ def main() -> None:
         if "raw" in pair:
             h, w = pair["harken"], pair["raw"]
             print(
-                f"{name}: harken/raw total {h['total'] / w['total']:.2f}, first text "
-                f"{h['first'] / w['first']:.2f}, peak RSS {h['peak_mb'] / w['peak_mb']:.2f}"
+                f"{name}: harken/raw total {h['total'] / w['total']:.2f}, CPU "
+                f"{h['cpu'] / w['cpu']:.2f}, "
+                f"first text {(h['first'] or 0) / (w['first'] or 1):.2f}, "
+                f"peak RSS {h['peak_mb'] / w['peak_mb']:.2f}, WER {h['wer']:.3f} vs {w['wer']:.3f}"
             )
 
 
