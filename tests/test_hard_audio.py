@@ -209,6 +209,10 @@ def test_speech_no_segment_covers_is_found() -> None:
     assert _unheard(speech, [covered[0], segment(6.1, 8.0, " two")], 30.0) == [(8.3, 12.0)]
     # Under a second left out is Whisper's loose timing, not a lost passage.
     assert _unheard(speech, [covered[0], segment(6.8, 11.8, " two")], 30.0) == []
+    # Where there are words, they tell: a segment whose times span a turn its words skipped.
+    words = (Word(7.5, 8.0, " two", 0.9), Word(8.1, 11.8, " three", 0.9))
+    spanning = segment(0.0, 11.8, " one two three", words=(Word(0.1, 4.9, " one", 0.9), *words))
+    assert _unheard(speech, [spanning], 30.0) == [(6.0, 7.2)]
 
 
 def test_a_passage_written_twice_is_written_once() -> None:

@@ -58,7 +58,7 @@ from harken.engine.types import (
 log = logging.getLogger(__name__)
 
 _UNHEARD_SECONDS = 1.0  # speech no segment covers, at least this long, is read again
-_HEARD_SLACK = 0.3  # Whisper's segment edges are this loose around the words
+_HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
@@ -136,19 +136,29 @@ class _PieceReader:
         speech = piece.local_speech()
         if self.level and speech:
             samples = level_speech(samples, speech)
-        result = self.transcriber.transcribe(samples, self.options)
+        # Word times tell what the text covers (a segment's own times often span a turn it
+        # skipped); they cost next to nothing, and are dropped again unless asked for.
+        words = self.options.word_timestamps
+        options = dataclasses.replace(self.options, word_timestamps=bool(speech) or words)
+        result = self.transcriber.transcribe(samples, options)
 
         def finish() -> list[Segment]:
             segments = list(result.segments)
             if speech:
-                segments = self._with_unheard(samples, speech, segments)
+                segments = self._with_unheard(samples, speech, segments, options)
                 segments = [s for s in segments if not _over_silence(s, speech)]
+            if not words:
+                segments = [dataclasses.replace(s, words=None) for s in segments]
             return [_shifted(s, piece, s.id) for s in segments]
 
         return result.info, finish
 
     def _with_unheard(
-        self, samples: np.ndarray, speech: tuple[tuple[int, int], ...], segments: list[Segment]
+        self,
+        samples: np.ndarray,
+        speech: tuple[tuple[int, int], ...],
+        segments: list[Segment],
+        options: TranscriptionOptions,
     ) -> list[Segment]:
         """The segments, with those of each stretch of speech they left out read again on its
         own and put in time order among them."""
@@ -161,7 +171,7 @@ class _PieceReader:
             stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
             log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out",
                      start, end)  # fmt: skip
-            result = self.transcriber.transcribe(samples[begin:stop], self.options)
+            result = self.transcriber.transcribe(samples[begin:stop], options)
             found += [_moved(s, begin / SAMPLE_RATE) for s in result.segments]
         found.sort(key=lambda s: s.start)
         return found
@@ -170,12 +180,18 @@ class _PieceReader:
 def _unheard(
     speech: tuple[tuple[int, int], ...], segments: list[Segment], length: float
 ) -> list[tuple[float, float]]:
-    """The spans of speech (seconds of the piece's audio) that no segment covers and that are
-    at least `_UNHEARD_SECONDS` long; neighbours less than a second apart are joined."""
-    heard = sorted(
-        (max(0.0, s.start - _HEARD_SLACK), min(length, s.end + _HEARD_SLACK))
+    """The spans of speech (seconds of the piece's audio) that no word (no segment, where the
+    segments have no words) covers and that are at least `_UNHEARD_SECONDS` long; neighbours
+    less than a second apart are joined."""
+    spans_heard = [
+        (w.start, w.end) if s.words is not None else (s.start, s.end)
         for s in segments
         if s.text.strip()
+        for w in (s.words if s.words is not None else (s,))
+    ]
+    heard = sorted(
+        (max(0.0, start - _HEARD_SLACK), min(length, end + _HEARD_SLACK))
+        for start, end in spans_heard
     )
     spans: list[tuple[float, float]] = []
     for a, b in speech:
