@@ -57,7 +57,7 @@ from harken.engine.types import (
 
 log = logging.getLogger(__name__)
 
-_UNHEARD_SECONDS = 1.0  # speech no segment covers, at least this long, is read again
+_UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read again
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
