@@ -260,7 +260,9 @@ class JobStream(Generic[H, T]):
                         break
                     self._post(_ITEM, item)
                 else:
-                    outcome = "ok"
+                    # The items may also end early because the job was cancelled (the engine
+                    # stops between pieces): that is still a cancelled job.
+                    outcome = "cancelled" if self._cancelled.is_set() else "ok"
         except BaseException as exc:
             outcome = "cancelled" if self._cancelled.is_set() else "error"
             self._post(_ERROR, exc)
