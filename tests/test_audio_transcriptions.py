@@ -8,12 +8,10 @@ translation use whisper-base.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 from typing import Any
 
-import av
 import httpx
 import numpy as np
 import openai
@@ -23,7 +21,7 @@ import webvtt
 
 from harken.audio import SAMPLE_RATE, decode_audio
 from harken.engine import Transcription
-from tests.conftest import cer, normalize_text, run_server, wer
+from tests.conftest import cer, normalize_text, run_server, wav_bytes, wer
 
 ENGLISH = "jfk_inaugural_1961"  # 11 s, two segments with tiny.en
 TINY = "whisper-tiny.en"
@@ -168,18 +166,6 @@ def test_an_engine_failure_mid_stream_is_an_error_event(server, speech, monkeypa
     *deltas, error = sse_payloads(response.text)
     assert deltas and all(e["type"] == "transcript.text.delta" and e["delta"] for e in deltas)
     assert error["error"]["type"] == "server_error" and "Traceback" not in response.text
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with av.open(out, "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
-        pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return out.getvalue()
 
 
 class FailsAfterFirstPiece:

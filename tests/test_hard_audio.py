@@ -9,7 +9,6 @@ second one 25 dB quieter. Each is held to the clips read one by one.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from harken.engine.leveling import level_speech, speech_level_db
 from harken.engine.longform import _unheard, _without_loops
 from harken.engine.script import convert_segment
 from harken.engine.types import Segment, Word
-from tests.conftest import Clip, normalize_text
+from tests.conftest import Clip, normalize_text, wav_bytes
 from tests.test_long_audio import corpus_wer, sse_events
 
 TINY = "whisper-tiny.en"
@@ -111,23 +110,27 @@ def alone(server: Any, model: str, built: Built) -> Iterator[str]:
         yield texts[key]
 
 
-def transcribe_file(openai_client: Any, path: Path, model: str) -> str:
-    with path.open("rb") as f:
-        return str(
+def read_through_server(
+    openai_client: Any, server: Any, built: Built, model: str
+) -> tuple[str, float, float]:
+    """The recording's text through the API, its WER, and the WER of its clips read alone."""
+    with built.path.open("rb") as f:
+        text = str(
             openai_client.audio.transcriptions.create(
                 model=model, file=f, language="en", response_format="text", timeout=1800
             )
         )
+    references = [" ".join(c.text for c in built.clips)]
+    long_wer = corpus_wer(references, [text])
+    alone_wer = corpus_wer(references, [" ".join(alone(server, model, built))])
+    print(f"\n{built.path.name}: WER {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    return text, long_wer, alone_wer
 
 
 def test_speakers_taking_turns_lose_no_passage(
     openai_client: Any, server: Any, turns: Built
 ) -> None:
-    text = transcribe_file(openai_client, turns.path, TINY)
-    references = [" ".join(c.text for c in turns.clips)]
-    long_wer = corpus_wer(references, [text])
-    alone_wer = corpus_wer(references, [" ".join(alone(server, TINY, turns))])
-    print(f"\nturn-taking recording: WER {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    text, long_wer, alone_wer = read_through_server(openai_client, server, turns, TINY)
     assert long_wer <= max(1.1 * alone_wer, alone_wer + 0.01), (long_wer, alone_wer)
     assert lost(turns.clips, text) == []
 
@@ -159,11 +162,7 @@ def lost(clips: tuple[Clip, ...], text: str) -> list[str]:
 def test_a_quiet_speaker_beside_a_loud_one_is_heard(
     openai_client: Any, server: Any, levels: Built
 ) -> None:
-    text = transcribe_file(openai_client, levels.path, BASE)
-    references = [" ".join(c.text for c in levels.clips)]
-    long_wer = corpus_wer(references, [text])
-    alone_wer = corpus_wer(references, [" ".join(alone(server, BASE, levels))])
-    print(f"\nlevel-change recording: WER {long_wer:.4f}, clips one by one {alone_wer:.4f}")
+    text, long_wer, alone_wer = read_through_server(openai_client, server, levels, BASE)
     assert long_wer <= alone_wer + 0.02, (long_wer, alone_wer)
     assert lost(levels.clips, text) == []
 
@@ -235,18 +234,6 @@ def noise(kind: str, seconds: float) -> np.ndarray:
     return (0.1 * np.sin(2 * np.pi * 50 * t) + 0.03 * np.sin(2 * np.pi * 150 * t)).astype(
         np.float32
     )
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    with av.open(out, "w", format="wav") as container:
-        stream = container.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
-        pcm = np.rint(np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    return out.getvalue()
 
 
 @pytest.fixture(scope="module")

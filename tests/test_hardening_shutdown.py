@@ -6,6 +6,7 @@ and the keys clients sent never appear in it.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import subprocess
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
-from tests.conftest import free_port, wait_healthy
+from harken.audio import decode_audio
+from tests.conftest import free_port, wait_healthy, wav_bytes
 
 MODEL = "whisper-tiny.en"
 KEY = "sk-shutdown-secret-0123"
@@ -46,13 +49,18 @@ def test_sigterm_finishes_admitted_work_then_exits_cleanly(
     try:
         wait_healthy(url, lambda: process.poll() is None, timeout=180, log=log_path.read_text)
 
-        clip = speech["jfk_inaugural_1961"]
+        # The clip six times over, 10 s apart (about two minutes): admitted work that takes
+        # long enough for the late request to meet the draining server, not a closed port.
+        clip = decode_audio(speech["jfk_inaugural_1961"].bytes())
+        gap = np.zeros(10 * 16_000, dtype=np.float32)
+        audio = wav_bytes(np.concatenate([clip, gap] * 6))
+        data_url = "data:audio/wav;base64," + base64.b64encode(audio).decode()
         body = {
             "model": MODEL,
             "messages": [
                 {
                     "role": "user",
-                    "content": [{"type": "input_audio", "input_audio": {"data": clip.data_url()}}],
+                    "content": [{"type": "input_audio", "input_audio": {"data": data_url}}],
                 }
             ],
         }
