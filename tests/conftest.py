@@ -23,7 +23,9 @@ import uvicorn
 from harken.api import create_app
 from harken.config import Settings
 
-SPEECH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech"
+# The recordings the tests need live in the repository (tests/data/README.md lists their sources
+# and licences); the larger set beside it, ../shared/data/speech, is for benchmarks.
+SPEECH_DIR = Path(__file__).resolve().parent / "data"
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Clip:
 def load_manifest() -> dict[str, Clip]:
     manifest = SPEECH_DIR / "manifest.jsonl"
     if not manifest.is_file():
-        raise RuntimeError(f"the speech set is missing: expected {manifest}")
+        raise RuntimeError(f"the test recordings are missing: expected {manifest}")
     clips = {}
     for line in manifest.read_text().splitlines():
         item = json.loads(line)
