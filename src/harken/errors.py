@@ -1,6 +1,7 @@
 """Errors that reach a client, each with the HTTP status and the contract's type and code.
 
-Any layer may raise these; the API turns them into the one error body of CONTRACT.md §4.
+Any layer may raise these; the API turns them into the one error body of CONTRACT.md §4 and
+adds what HTTP needs besides (`Retry-After`, `Connection: close`: `harken.api.errors`).
 Messages are written for the person who has to fix the request: they name what is wrong and
 never carry a stack trace, a key or a server path.
 """
@@ -21,14 +22,12 @@ class HarkenError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {
@@ -86,6 +85,10 @@ class RateLimited(HarkenError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
+    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a place is likely to free up
+
 
 class Overloaded(HarkenError):
     status = 503
@@ -97,8 +100,7 @@ class ShuttingDown(Overloaded):
     """New work while the server drains: the client should go to another instance or retry."""
 
     def __init__(self, message: str = "The server is shutting down and takes no new work.") -> None:
-        # Close the connection after this answer, so a keep-alive client reconnects elsewhere.
-        super().__init__(message, headers={"Connection": "close"})
+        super().__init__(message)
 
 
 class ServerError(HarkenError):

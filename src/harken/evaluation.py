@@ -1,9 +1,12 @@
 """Word and character error rates of a model on a manifest of recordings and their references.
 
-So that users can check a model on their own recordings before they trust it. References keep
-the style of their source (upper case without punctuation, or mixed case with digits), so both
-sides are normalised before scoring; Chinese, Japanese and Korean are scored by characters
-(CER) because they are not written with spaces between words.
+So that users can check a model on their own recordings before they trust it. One definition
+of the score, used by `harken eval`, the tests and the benchmarks: both sides normalised with
+Whisper's own text normalisers (OpenAI's `EnglishTextNormalizer` for English, its
+`BasicTextNormalizer` otherwise, from the `whisper-normalizer` package), then aligned by
+jiwer. References keep the style of their source (upper case without punctuation, or mixed
+case with digits), which the normaliser evens out; Chinese, Japanese and Korean are scored by
+characters (CER) because they are not written with spaces between words.
 
 A manifest is JSON Lines, one recording a line:
 `{"id": "...", "path": "audio/x.wav", "text": "reference", "language": "en", "duration_s": 4.2}`
@@ -13,24 +16,23 @@ with `path` relative to the manifest's folder (`id` and `duration_s` optional).
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+import jiwer
+from whisper_normalizer.basic import BasicTextNormalizer
+from whisper_normalizer.english import EnglishTextNormalizer
 
 Metric = Literal["wer", "cer"]
 
 # Written without spaces between words: scored per character.
 CHARACTER_LANGUAGES = frozenset({"zh", "ja", "ko", "yue", "th", "lo", "my", "km", "bo"})
 
-_ENGLISH_ABBREVIATIONS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "st": "saint"}
-_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen",
-         "eighteen", "nineteen")  # fmt: skip
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-_SCALES = ((1_000_000_000, "billion"), (1_000_000, "million"), (1000, "thousand"))
+_ENGLISH = EnglishTextNormalizer()
+_BASIC = BasicTextNormalizer()
+_QUOTES = str.maketrans({"’": "'", "‘": "'", "`": "'"})
 
 
 class ManifestError(ValueError):
@@ -90,66 +92,35 @@ def metric_for(language: str) -> Metric:
     return "cer" if language.lower() in CHARACTER_LANGUAGES else "wer"
 
 
-def spell_number(n: int) -> str:
-    """An integer in English words ("1881" → "one thousand eight hundred eighty one")."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (f" {_ONES[ones]}" if ones else "")
-    if n < 1000:
-        hundreds, rest = divmod(n, 100)
-        return f"{_ONES[hundreds]} hundred" + (f" {spell_number(rest)}" if rest else "")
-    for scale, name in _SCALES:
-        if n >= scale:
-            high, rest = divmod(n, scale)
-            return f"{spell_number(high)} {name}" + (f" {spell_number(rest)}" if rest else "")
-    raise AssertionError("unreachable")
-
-
 def normalize_text(text: str, language: str = "en") -> str:
-    """Lower case, no punctuation, one space between words; English numbers and common
-    abbreviations spelt out, so "Mr. Smith, 10 years" and "MISTER SMITH TEN YEARS" agree.
-    For character languages, every character separated by a space and whitespace dropped."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = text.replace("’", "'").replace("‘", "'").replace("`", "'")
-    english = language.lower().startswith("en")
-    if english:
-        # Thousands separators and decimals before punctuation goes: "1,000" → "1000".
-        text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
-        text = re.sub(r"(\d)\.(\d)", r"\1 point \2", text)
-    text = re.sub(r"[^\w\s']|_", " ", text)
-    text = text.replace("'", "")
+    """Whisper's normalisation. English: lower case, no punctuation, contractions and British
+    spellings evened out, `Mr.` → `mister`, numbers as digits (so "ten" and "10" agree).
+    Other languages: lower case, no punctuation or symbols, digits left as written. Character
+    languages: every character separated by a space, whitespace dropped. Curly quotes count as
+    apostrophes (the normaliser would otherwise split "it’s" into two words)."""
+    text = text.translate(_QUOTES)
     if metric_for(language) == "cer":
-        return " ".join(ch for ch in text if not ch.isspace())
-    words = []
-    for word in text.split():
-        if english and word.isdigit() and len(word) <= 12:
-            words.extend(spell_number(int(word)).split())
-        elif english:
-            words.append(_ENGLISH_ABBREVIATIONS.get(word, word))
-        else:
-            words.append(word)
-    return " ".join(words)
+        return " ".join(ch for ch in _BASIC(text) if not ch.isspace())
+    if language.lower().startswith("en"):
+        return str(_ENGLISH(text))
+    return str(_BASIC(text))
 
 
-def edit_distance(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
-    """Levenshtein distance between two token sequences (substitutions, deletions, insertions)."""
-    if len(reference) < len(hypothesis):
-        reference, hypothesis = hypothesis, reference
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref_token in enumerate(reference, 1):
-        current = [i]
-        for j, hyp_token in enumerate(hypothesis, 1):
-            current.append(
-                min(
-                    previous[j] + 1,
-                    current[j - 1] + 1,
-                    previous[j - 1] + (ref_token != hyp_token),
-                )
-            )
-        previous = current
-    return previous[-1]
+def count_errors(reference: str, hypothesis: str) -> int:
+    """Substitutions, deletions and insertions between two normalised texts (jiwer's alignment
+    of their space-separated tokens)."""
+    if not reference.split():
+        return len(hypothesis.split())
+    words = jiwer.process_words(reference, hypothesis)
+    return int(words.substitutions + words.deletions + words.insertions)
+
+
+def error_rate(reference: str, hypothesis: str, language: str = "en") -> float:
+    """WER (CER for character languages) of one hypothesis after normalising both sides."""
+    ref = normalize_text(reference, language)
+    errors = count_errors(ref, normalize_text(hypothesis, language))
+    length = len(ref.split())
+    return errors / length if length else float(errors > 0)
 
 
 # --- scores
@@ -171,13 +142,12 @@ class ClipScore:
 
 
 def score_clip(item: ManifestItem, hypothesis: str, seconds: float | None = None) -> ClipScore:
-    reference = normalize_text(item.text, item.language).split()
-    hyp = normalize_text(hypothesis, item.language).split()
+    reference = normalize_text(item.text, item.language)
     return ClipScore(
         item=item,
         hypothesis=hypothesis,
-        errors=edit_distance(reference, hyp),
-        reference_length=len(reference),
+        errors=count_errors(reference, normalize_text(hypothesis, item.language)),
+        reference_length=len(reference.split()),
         seconds=seconds if seconds is not None else (item.duration or 0.0),
     )
 
@@ -218,8 +188,53 @@ def by_language(scores: Iterable[ClipScore]) -> list[LanguageScore]:
     return sorted(groups.values(), key=lambda g: (-g.seconds, g.language))
 
 
-def evaluate(
-    items: Iterable[ManifestItem], transcribe: Callable[[ManifestItem], tuple[str, float]]
-) -> list[LanguageScore]:
-    """Transcribe every item (`transcribe` returns the text and the audio's seconds) and score."""
-    return by_language(score_clip(item, *transcribe(item)) for item in items)
+def report(model: str, scores: list[ClipScore], elapsed: float) -> dict[str, Any]:
+    """Every figure of a run, per language and per clip (`harken eval --json`)."""
+    groups = by_language(scores)
+    return {
+        "model": model,
+        "audio_seconds": round(sum(g.seconds for g in groups), 3),
+        "elapsed_seconds": round(elapsed, 3),
+        "languages": [
+            {
+                "language": g.language,
+                "metric": g.metric,
+                "clips": len(g.clips),
+                "audio_seconds": round(g.seconds, 3),
+                "errors": g.errors,
+                "reference_length": g.reference_length,
+                "rate": g.rate,
+            }
+            for g in groups
+        ],
+        "clips": [
+            {
+                "id": c.item.id,
+                "language": c.item.language,
+                "metric": c.metric,
+                "rate": c.rate,
+                "errors": c.errors,
+                "reference_length": c.reference_length,
+                "reference": c.item.text,
+                "hypothesis": c.hypothesis,
+            }
+            for c in scores
+        ],
+    }
+
+
+def table(model: str, scores: list[ClipScore], elapsed: float) -> list[str]:
+    """The summary `harken eval` prints: one line per language."""
+    groups = by_language(scores)
+    audio = sum(g.seconds for g in groups)
+    lines = [
+        f"model {model}: {len(scores)} clips, {audio:.1f} s of audio in {elapsed:.1f} s "
+        f"({audio / max(elapsed, 1e-6):.1f}× real time)",
+        f"{'language':<10}{'metric':<8}{'clips':>6}{'audio s':>10}{'errors':>14}{'rate':>9}",
+    ]
+    for g in groups:
+        lines.append(
+            f"{g.language:<10}{g.metric.upper():<8}{len(g.clips):>6}{g.seconds:>10.1f}"
+            f"{f'{g.errors}/{g.reference_length}':>14}{g.rate:>9.1%}"
+        )
+    return lines

@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 from harken.engine.types import Segment, TranscriptionInfo, Word
 from harken.languages import language_name
 
-FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+# OpenAI's response formats: the one list the API, the client and the CLI accept.
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
+FORMATS: tuple[ResponseFormat, ...] = get_args(ResponseFormat)
 
 MEDIA_TYPES = {
     "json": "application/json",
@@ -59,7 +61,8 @@ def transcript_text(segments: Iterable[Segment]) -> str:
 
 
 def usage_seconds(duration: float) -> int:
-    """Billable seconds: the duration rounded up (the rule of `service.AudioUsage.seconds`)."""
+    """Billable seconds: the duration rounded up, at least 1 for any audio (the one rule: the
+    chat dialect's usage and every audio response use it)."""
     return max(1, math.ceil(duration)) if duration > 0 else 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from harken.errors import UnsupportedLanguage
+
 LANGUAGE_NAMES: dict[str, str] = {
     "af": "afrikaans", "am": "amharic", "ar": "arabic", "as": "assamese", "az": "azerbaijani",
     "ba": "bashkir", "be": "belarusian", "bg": "bulgarian", "bn": "bengali", "bo": "tibetan",
@@ -51,6 +53,19 @@ def normalize_language(value: str | None) -> str | None:
     if base in LANGUAGE_NAMES:
         return base
     raise KeyError(value)
+
+
+def language_code(value: str | None, param: str = "language") -> str | None:
+    """`normalize_language`, with an unknown value refused as a request error naming `param`.
+    Never silently falls back to a default language."""
+    try:
+        return normalize_language(value)
+    except KeyError:
+        raise UnsupportedLanguage(
+            f"Unknown language {value!r}: use an ISO 639-1 code such as 'en', 'zh' or 'de', "
+            "or 'auto' to detect it.",
+            param=param,
+        ) from None
 
 
 def language_name(code: str) -> str:

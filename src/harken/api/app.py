@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from harken import __version__
 from harken.api import audio, chat, docs, health, models, web
-from harken.api.auth import ApiKeyMiddleware
+from harken.api.auth import ApiKeyMiddleware, ApiKeys
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
 from harken.api.metrics import router as metrics_router
@@ -28,6 +28,7 @@ _SMALL_BODY = 1024 * 1024
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = TranscriptionService(settings)
+    keys = ApiKeys(settings.all_api_keys())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    app.state.api_keys = keys
     app.state.settings = settings
     app.state.metrics = service.scheduler.metrics
     install_error_handlers(app)
@@ -62,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     # Outside the body limit: a request without a valid key is refused before its body is read.
-    app.add_middleware(ApiKeyMiddleware, service=service)
+    app.add_middleware(ApiKeyMiddleware, keys=keys)
     app.add_middleware(
         ClientTimeoutMiddleware,
         idle_timeout=settings.body_idle_timeout_seconds,

@@ -1,33 +1,107 @@
 """`POST /v1/audio/transcriptions` and `/v1/audio/translations`: OpenAI's audio API.
 
-Multipart uploads in, every OpenAI response format out (CONTRACT.md §2). The route functions
-only read the form, check what depends on the request, and hand the rest to the service and
-to `harken.formats`; the same renderers serve the CLI.
+Multipart uploads in, every OpenAI response format out (CONTRACT.md §2). The routes gather the
+form into an `AudioRequest`, which checks what depends on the request alone and turns itself
+into the service's options (`to_options()`); the service does the rest, and `harken.formats`
+renders the result (the same renderers serve the CLI).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from harken.api.auth import require_api_key
+from harken.api.chunking import parse_chunking_strategy
 from harken.api.sse import sse_error, sse_event, sse_headers
-from harken.engine import Segment, TranscriptionInfo, TranscriptionOptions
+from harken.engine import Segment, SegmentationOptions, TranscriptionInfo, TranscriptionOptions
 from harken.engine.types import Task
 from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest
-from harken.formats import TextJoiner, render
+from harken.formats import ResponseFormat, TextJoiner, render
+from harken.languages import language_code
 from harken.service.scheduler import JobStream
 from harken.service.transcription import AudioUsage, TranscriptionService, duration_of
 
 log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI audio"])
 
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 GRANULARITIES = ("segment", "word")
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    """Form clients send unset text fields as empty strings."""
+    return value.strip() or None if value is not None else None
+
+
+@dataclass
+class AudioRequest:
+    """One `/v1/audio/*` request as its form fields; blank fields mean "not set"."""
+
+    task: Task
+    model: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    response_format: ResponseFormat = "json"
+    temperature: float | None = None
+    granularities: Sequence[str] = field(default_factory=list)
+    stream: bool = False
+    hotwords: str | None = None
+    chunking_strategy: str | dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.model = _blank_to_none(self.model)
+        self.language = _blank_to_none(self.language)
+        self.prompt = _blank_to_none(self.prompt)
+        self.hotwords = _blank_to_none(self.hotwords)
+        if isinstance(self.chunking_strategy, str):
+            self.chunking_strategy = _blank_to_none(self.chunking_strategy)
+        # Form clients send an unset list as one empty value.
+        self.granularities = [g.strip() for g in self.granularities if g.strip()]
+
+    @property
+    def words(self) -> bool:
+        return "word" in self.granularities
+
+    def check(self) -> None:
+        """Refuse fields that can't work together, naming the one to change."""
+        for value in self.granularities:
+            if value not in GRANULARITIES:
+                # Checked here rather than by pydantic, whose error would not name the field.
+                raise InvalidRequest(
+                    f"Unknown timestamp granularity {value!r}: use 'segment' and/or 'word'.",
+                    param="timestamp_granularities[]",
+                )
+        if self.words and self.response_format != "verbose_json":
+            raise InvalidRequest(
+                "Word timestamps need response_format=verbose_json; the other formats have no "
+                "place for them.",
+                param="timestamp_granularities[]",
+            )
+        if self.stream and self.response_format not in ("json", "text"):
+            raise InvalidRequest(
+                f"stream=true sends text events and cannot carry {self.response_format}; use "
+                "response_format json or text with stream=true, or stream=false.",
+                param="stream",
+            )
+
+    def to_options(self, segmentation: SegmentationOptions) -> TranscriptionOptions:
+        """The service's options; `segmentation` is the server's default for long audio."""
+        return TranscriptionOptions(
+            language=language_code(self.language),
+            task=self.task,
+            prompt=self.prompt,
+            hotwords=self.hotwords,
+            temperature=self.temperature,
+            word_timestamps=self.words,
+            segmentation=parse_chunking_strategy(self.chunking_strategy, segmentation),
+        )
+
 
 # What a 200 can carry, so that the OpenAPI schema (and tools that check against it) know.
 _RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -106,73 +180,27 @@ async def _nested_form_field(request: Request, name: str) -> dict[str, str] | No
     return found or None
 
 
-def _blank_to_none(value: str | None) -> str | None:
-    """Form clients send unset text fields as empty strings."""
-    return value.strip() or None if value is not None else None
-
-
-async def _handle(
-    request: Request,
-    *,
-    task: Task,
-    file: UploadFile,
-    model: str | None,
-    language: str | None,
-    prompt: str | None,
-    response_format: ResponseFormat,
-    temperature: float | None,
-    granularities: list[str],
-    stream: bool,
-    hotwords: str | None,
-    chunking: str | dict[str, str] | None = None,
-) -> Response:
-    service: TranscriptionService = request.app.state.service
-    for value in granularities:
-        if value not in GRANULARITIES:
-            # Checked here rather than by pydantic, whose error would not name the field.
-            raise InvalidRequest(
-                f"Unknown timestamp granularity {value!r}: use 'segment' and/or 'word'.",
-                param="timestamp_granularities[]",
-            )
-    words = "word" in granularities
-    if words and response_format != "verbose_json":
-        raise InvalidRequest(
-            "Word timestamps need response_format=verbose_json; the other formats have no "
-            "place for them.",
-            param="timestamp_granularities[]",
-        )
-    if stream and response_format not in ("json", "text"):
-        raise InvalidRequest(
-            f"stream=true sends text events and cannot carry {response_format}; use "
-            "response_format json or text with stream=true, or stream=false.",
-            param="stream",
-        )
-    loaded = await service.model(_blank_to_none(model))
-    options = TranscriptionOptions(
-        language=service.resolve_language(loaded, language, "language"),
-        task=task,
-        prompt=_blank_to_none(prompt),
-        hotwords=_blank_to_none(hotwords),
-        temperature=temperature,
-        word_timestamps=words,
-        segmentation=service.chunking(
-            _blank_to_none(chunking) if isinstance(chunking, str | None) else chunking
-        ),
-    )
-    service.check_task(loaded, options)  # before decoding: a wrong model is cheap to refuse
-
+async def _decode_upload(service: TranscriptionService, file: UploadFile) -> np.ndarray:
     data = await read_upload(file, service.settings.max_upload_bytes)
     try:
-        audio = await service.decode(data)
+        return await service.decode(data)
     except HarkenError as exc:
         exc.param = exc.param or "file"
         raise
-    del data
+
+
+async def _respond(request: Request, file: UploadFile, body: AudioRequest) -> Response:
+    service: TranscriptionService = request.app.state.service
+    body.check()
+    loaded = await service.model(body.model)
+    options = body.to_options(service.segmentation)
+    service.check(loaded, options)  # before decoding: a wrong model is cheap to refuse
+    audio = await _decode_upload(service, file)
     usage = AudioUsage(duration_of(audio))
 
     # Started before answering, so that errors (and 429s) keep their HTTP status.
     job = await service.transcribe(loaded, audio, options)
-    if stream:
+    if body.stream:
         return StreamingResponse(
             _events(job, usage), media_type="text/event-stream", headers=sse_headers()
         )
@@ -180,10 +208,12 @@ async def _handle(
         segments = [segment async for segment in job]
     finally:
         await job.aclose()
-    body, media_type = render(response_format, segments, job.head, task=task, words=words)
-    if isinstance(body, dict):
-        return JSONResponse(body)
-    return Response(body, media_type=media_type)
+    rendered, media_type = render(
+        body.response_format, segments, job.head, task=body.task, words=body.words
+    )
+    if isinstance(rendered, dict):
+        return JSONResponse(rendered)
+    return Response(rendered, media_type=media_type)
 
 
 async def _events(
@@ -249,24 +279,15 @@ async def transcriptions(
     hotwords: HotwordsField = None,
     chunking_strategy: ChunkingField = None,
 ) -> Response:
-    return await _handle(
-        request,
-        task="transcribe",
-        file=file,
-        model=model,
-        language=language,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        granularities=[
-            g.strip()
-            for g in (*timestamp_granularities, *timestamp_granularities_plain)
-            if g.strip()  # form clients send an unset list as one empty value
-        ],
-        stream=stream,
-        hotwords=hotwords,
-        chunking=chunking_strategy or await _nested_form_field(request, "chunking_strategy"),
-    )
+    body = AudioRequest(
+        task="transcribe", model=model, language=language, prompt=prompt,
+        response_format=response_format, temperature=temperature,
+        granularities=[*timestamp_granularities, *timestamp_granularities_plain],
+        stream=stream, hotwords=hotwords,
+        chunking_strategy=chunking_strategy
+        or await _nested_form_field(request, "chunking_strategy"),
+    )  # fmt: skip
+    return await _respond(request, file, body)
 
 
 @router.post(
@@ -285,16 +306,8 @@ async def translations(
     stream: StreamField = False,
     hotwords: HotwordsField = None,
 ) -> Response:
-    return await _handle(
-        request,
-        task="translate",
-        file=file,
-        model=model,
-        language=None,
-        prompt=prompt,
-        response_format=response_format,
-        temperature=temperature,
-        granularities=[],
-        stream=stream,
-        hotwords=hotwords,
-    )
+    body = AudioRequest(
+        task="translate", model=model, prompt=prompt, response_format=response_format,
+        temperature=temperature, stream=stream, hotwords=hotwords,
+    )  # fmt: skip
+    return await _respond(request, file, body)

@@ -25,6 +25,7 @@ from harken.errors import (
     InvalidRequest,
 )
 from harken.formats import TextJoiner
+from harken.languages import language_code
 from harken.service.transcription import (
     AudioUsage,
     LoadedModel,
@@ -37,6 +38,9 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 # --- request models
+LANGUAGE_PARAM = "asr_options.language"
+
+
 class InputAudio(BaseModel):
     data: str = Field(description="A data URL `data:audio/wav;base64,...`, or raw base64.")
     format: str | None = Field(None, description="With raw base64: wav, mp3, flac, ...")
@@ -129,9 +133,21 @@ class ChatCompletionRequest(BaseModel):
             words = ", ".join(w.strip() for w in words if w.strip())
         return words.strip() or None if words else None
 
-    def to_options(self, language: str | None) -> TranscriptionOptions:
+    def check(self) -> None:
+        """Refuse what no model can do for this request, before anything is decoded."""
+        if self.n is not None and self.n != 1:
+            raise InvalidRequest("Only n=1 is supported for speech recognition.", param="n")
+        if not self.audio_parts():
+            raise InvalidRequest(
+                "The messages contain no audio: add a content part "
+                '{"type": "input_audio", "input_audio": {"data": "data:audio/wav;base64,..."}}.',
+                param="messages",
+            )
+
+    def to_options(self) -> TranscriptionOptions:
+        language = self.asr_options.language if self.asr_options else None
         return TranscriptionOptions(
-            language=language,
+            language=language_code(language, param=LANGUAGE_PARAM),
             prompt=self.context_text() or None,
             hotwords=self.hotwords(),
             temperature=self.temperature,
@@ -171,6 +187,27 @@ def audio_bytes(audio: InputAudio, param: str, max_bytes: int) -> bytes:
     if not raw:
         raise InvalidAudio("The audio is empty.", param=param)
     return raw
+
+
+async def _decode_parts(
+    service: TranscriptionService, parts: list[tuple[str, InputAudio]]
+) -> list[np.ndarray]:
+    """Every audio part decoded; all of the payloads together within the size limit, checked
+    before the first one is decoded."""
+    budget = service.settings.max_payload_bytes
+    payloads = []
+    for param, audio in parts:
+        raw = audio_bytes(audio, param, budget)
+        budget -= len(audio.data)
+        payloads.append((param, raw))
+    clips: list[np.ndarray] = []
+    for param, raw in payloads:
+        try:
+            clips.append(await service.decode(raw))
+        except HarkenError as exc:
+            exc.param = exc.param or param
+            raise
+    return clips
 
 
 # --- responses
@@ -239,35 +276,11 @@ def chunk_body(
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     service: TranscriptionService = request.app.state.service
-    if body.n is not None and body.n != 1:
-        raise InvalidRequest("Only n=1 is supported for speech recognition.", param="n")
-    parts = body.audio_parts()
-    if not parts:
-        raise InvalidRequest(
-            "The messages contain no audio: add a content part "
-            '{"type": "input_audio", "input_audio": {"data": "data:audio/wav;base64,..."}}.',
-            param="messages",
-        )
+    body.check()
     model = await service.model(body.model)
-    language = service.resolve_language(
-        model, body.asr_options.language if body.asr_options else None, "asr_options.language"
-    )
-    options = body.to_options(language)
-
-    budget = service.settings.max_payload_bytes
-    payloads = []
-    for param, audio in parts:
-        raw = audio_bytes(audio, param, budget)
-        budget -= len(audio.data)
-        payloads.append((param, raw))
-    clips: list[np.ndarray] = []
-    for param, raw in payloads:
-        try:
-            clips.append(await service.decode(raw))
-        except HarkenError as exc:
-            exc.param = exc.param or param
-            raise
-    del payloads
+    options = body.to_options()
+    service.check(model, options, language_param=LANGUAGE_PARAM)
+    clips = await _decode_parts(service, body.audio_parts())
 
     completion_id = uuid.uuid4().hex
     created = int(time.time())

@@ -13,9 +13,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 from harken.api.openapi import tighten
-from harken.errors import HarkenError, InvalidRequest, NotFound, ServerError
+from harken.errors import (
+    HarkenError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServerError,
+    ShuttingDown,
+)
 
 log = logging.getLogger(__name__)
+
+
+def http_headers(error: HarkenError) -> dict[str, str]:
+    """What HTTP adds to an error: when to come back, and, from a server that is going away,
+    to close the connection so that a keep-alive client reconnects elsewhere."""
+    headers = {}
+    if isinstance(error, RateLimited) and error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, ShuttingDown):
+        headers["Connection"] = "close"
+    return headers
 
 
 async def send_error(send: Send, error: HarkenError, *, close: bool = False) -> None:
@@ -25,16 +43,16 @@ async def send_error(send: Send, error: HarkenError, *, close: bool = False) -> 
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
-        *((name.lower().encode(), value.encode()) for name, value in error.headers.items()),
+        *((name.lower().encode(), value.encode()) for name, value in http_headers(error).items()),
     ]
-    if close:
+    if close and not isinstance(error, ShuttingDown):
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def error_response(error: HarkenError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=http_headers(error))
 
 
 def describe_validation_error(errors: list[Any]) -> InvalidRequest:

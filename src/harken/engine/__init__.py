@@ -1,14 +1,13 @@
 """Model-agnostic speech recognition: the Transcriber interface and its backends.
 
-Nothing here knows about HTTP.
+Nothing here knows about HTTP or the server's settings: the service builds engine objects from
+those (`harken.service.loading`).
 """
 
 from __future__ import annotations
 
-from harken.catalog import ModelEntry
-from harken.config import Settings
 from harken.engine.longform import transcribe_long
-from harken.engine.segmentation import Piece, SegmentationOptions
+from harken.engine.segmentation import SAMPLE_RATE, Piece, SegmentationOptions
 from harken.engine.types import (
     Segment,
     Transcriber,
@@ -19,6 +18,7 @@ from harken.engine.types import (
 )
 
 __all__ = [
+    "SAMPLE_RATE",
     "Piece",
     "Segment",
     "SegmentationOptions",
@@ -27,40 +27,5 @@ __all__ = [
     "TranscriptionInfo",
     "TranscriptionOptions",
     "Word",
-    "load_transcriber",
-    "segmentation_from_settings",
     "transcribe_long",
 ]
-
-
-def segmentation_from_settings(settings: Settings) -> SegmentationOptions:
-    """How long audio is cut at pauses, as the operator configured it (HARKEN_VAD_*)."""
-    return SegmentationOptions(
-        enabled=settings.vad_enabled,
-        threshold=settings.vad_threshold,
-        min_silence_ms=settings.vad_min_silence_ms,
-        speech_pad_ms=settings.vad_speech_pad_ms,
-        max_piece_seconds=settings.vad_max_piece_seconds,
-        min_audio_seconds=settings.vad_max_piece_seconds,
-        level=settings.level_speech,
-    )
-
-
-def load_transcriber(entry: ModelEntry, settings: Settings) -> Transcriber:
-    """Load the model behind a catalog entry. Blocking (seconds); call off the event loop."""
-    if entry.backend == "faster-whisper":
-        from harken.engine.whisper import FasterWhisperTranscriber
-
-        return FasterWhisperTranscriber(
-            entry.name,
-            entry.weights(settings),
-            device=settings.device,
-            compute_type=entry.config.compute_type or settings.compute_type,
-            cpu_threads=settings.cpu_threads,
-            beam_size=entry.config.beam_size or settings.beam_size,
-            max_concurrency=settings.workers,
-            threads_per_worker=settings.threads_per_worker,
-            batch_size=settings.batch_size,
-            download_root=settings.home / "hub",
-        )
-    raise ValueError(f"unknown backend {entry.backend!r}")

@@ -107,7 +107,7 @@ class Scheduler:
                 raise RateLimited(
                     f"The server is at capacity ({self.capacity} requests in progress or "
                     "waiting); retry after the time in the Retry-After header.",
-                    headers={"Retry-After": str(self.retry_after())},
+                    retry_after=self.retry_after(),
                 )
             self._admitted += 1
             self._admissions += 1
@@ -224,7 +224,6 @@ class JobStream(Generic[H, T]):
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self._finished = threading.Event()
         self._release = release
         self._released = False
         self._on_finished = finished
@@ -269,7 +268,6 @@ class JobStream(Generic[H, T]):
         else:
             self._post(_DONE, None)
         finally:
-            self._finished.set()
             if self._on_finished is not None:
                 self._on_finished(self, outcome)
             try:
@@ -318,7 +316,3 @@ class JobStream(Generic[H, T]):
 
     async def aclose(self) -> None:
         self._cancelled.set()
-
-    def finished(self) -> bool:
-        """True once the worker thread has let go of the job (for tests and metrics)."""
-        return self._finished.is_set()

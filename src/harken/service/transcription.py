@@ -1,42 +1,38 @@
-"""The service between the HTTP dialects and the engine.
+"""The front door to transcription: both HTTP dialects, the CLI and `harken eval` reach the
+engine through `TranscriptionService`, with dialect-free values.
 
-It owns the loaded models, decoding and its limits, option checks that depend on the model,
-the scheduler, and usage accounting. Both API dialects (and anything else that wants a
-transcript) call it with dialect-free values.
+It owns the loaded models, decoding and its limits, the checks of options against a model, the
+scheduler, and usage accounting. It speaks no dialect and no HTTP: request models in `api/`
+turn a request into `TranscriptionOptions`, and the API layer adds statuses and headers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
-import json
 import logging
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from harken.audio import SAMPLE_RATE, decode_pcm16
+from harken.audio import decode_pcm16
 from harken.catalog import Catalog, ModelEntry, WeightsUnavailable
 from harken.config import Settings
 from harken.engine import (
+    SAMPLE_RATE,
     Piece,
     Segment,
-    SegmentationOptions,
     Transcriber,
     TranscriptionInfo,
     TranscriptionOptions,
-    load_transcriber,
-    segmentation_from_settings,
     transcribe_long,
 )
 from harken.errors import InvalidRequest, Overloaded, ShuttingDown, UnsupportedLanguage
-from harken.formats import TextJoiner  # noqa: F401 (the one joining rule, re-exported)
-from harken.languages import normalize_language
+from harken.formats import usage_seconds
+from harken.service.loading import load_transcriber, segmentation_from_settings
 from harken.service.memory import release_free_memory
 from harken.service.scheduler import JobStream, Scheduler
 
@@ -52,7 +48,7 @@ class AudioUsage:
 
     @property
     def seconds(self) -> int:
-        return max(1, math.ceil(self.duration)) if self.duration > 0 else 0
+        return usage_seconds(self.duration)
 
     @property
     def audio_tokens(self) -> int:
@@ -64,6 +60,9 @@ class LoadedModel:
     entry: ModelEntry
     transcriber: Transcriber
 
+    def knows(self, language: str) -> bool:
+        return language in self.transcriber.supported_languages()
+
 
 class TranscriptionService:
     def __init__(self, settings: Settings) -> None:
@@ -73,7 +72,6 @@ class TranscriptionService:
         self.scheduler.metrics.watch_engines(self.transcribers)
         if settings.reuse_memory:
             self.scheduler.when_idle = release_free_memory
-        self._keys = [k.encode() for k in settings.all_api_keys()]
         self._models: dict[str, LoadedModel] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.ready = asyncio.Event()
@@ -113,19 +111,6 @@ class TranscriptionService:
         await self.drain(grace)
         self.scheduler.shutdown()
 
-    # --- auth
-    @property
-    def auth_required(self) -> bool:
-        return bool(self._keys)
-
-    def key_is_valid(self, supplied: str) -> bool:
-        """Constant-time comparison against every configured key."""
-        candidate = supplied.encode()
-        valid = False
-        for key in self._keys:
-            valid |= hmac.compare_digest(key, candidate)
-        return valid
-
     # --- models
     async def model(self, name: str | None) -> LoadedModel:
         entry = self.catalog.resolve(name)
@@ -164,39 +149,21 @@ class TranscriptionService:
             decode_pcm16, data, max_seconds=self.settings.max_audio_seconds
         )
 
-    def chunking(self, value: Any) -> SegmentationOptions:
-        """The segmentation a request asks for with OpenAI's `chunking_strategy`.
-
-        Absent: the server's configured default (long audio is always cut at pauses unless
-        the operator turned VAD off). "auto": VAD with the server's settings.
-        {"type": "server_vad", "threshold", "prefix_padding_ms", "silence_duration_ms"}: VAD
-        with those (the padding kept around speech, and the pause that ends speech).
-        A JSON string of either form is accepted too, as multipart forms carry it so.
-        """
-        return parse_chunking_strategy(value, self.segmentation)
-
     # --- options
-    def resolve_language(self, model: LoadedModel, value: str | None, param: str) -> str | None:
-        """The language code to force, or None to detect. Never silently falls back."""
-        try:
-            code = normalize_language(value)
-        except KeyError:
-            raise UnsupportedLanguage(
-                f"Unknown language {value!r}: use an ISO 639-1 code such as 'en', 'zh' or 'de', "
-                "or 'auto' to detect it.",
-                param=param,
-            ) from None
+    def check(
+        self, model: LoadedModel, options: TranscriptionOptions, *, language_param: str = "language"
+    ) -> None:
+        """Refuse options the model can't honour (before any audio is decoded): a language it
+        does not know, a translation by an English-only model."""
         transcriber = model.transcriber
-        if code is not None and code not in transcriber.supported_languages():
+        if options.language is not None and not model.knows(options.language):
             raise UnsupportedLanguage(
-                f"The model {model.entry.name!r} does not recognise language {code!r}"
+                f"The model {model.entry.name!r} does not recognise language "
+                f"{options.language!r}"
                 + ("; it is English-only." if not transcriber.multilingual else "."),
-                param=param,
+                param=language_param,
             )
-        return code
-
-    def check_task(self, model: LoadedModel, options: TranscriptionOptions) -> None:
-        if options.task == "translate" and not model.transcriber.multilingual:
+        if options.task == "translate" and not transcriber.multilingual:
             raise InvalidRequest(
                 f"The model {model.entry.name!r} is English-only and cannot translate; "
                 "use a multilingual model such as 'whisper-base'.",
@@ -208,7 +175,7 @@ class TranscriptionService:
         self, model: LoadedModel, audio: np.ndarray, options: TranscriptionOptions
     ) -> JobStream[TranscriptionInfo, Segment]:
         """Start a transcription; its info is known on return, segments arrive as decoded."""
-        self.check_task(model, options)
+        self.check(model, options)
         if self.shutting_down:
             raise ShuttingDown()
 
@@ -241,69 +208,3 @@ class TranscriptionService:
 
 def duration_of(audio: np.ndarray) -> float:
     return audio.shape[0] / SAMPLE_RATE
-
-
-_SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
-
-
-def parse_chunking_strategy(value: Any, default: SegmentationOptions) -> SegmentationOptions:
-    """OpenAI's `chunking_strategy` (None, "auto", a server_vad object, or either as JSON
-    text; the openai SDK sends the object as form fields `chunking_strategy[type]` etc., which
-    the route gathers into a dict of strings) as segmentation options; 400 naming the field
-    for anything else."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return default
-    if isinstance(value, str):
-        text = value.strip()
-        if text == "auto":
-            return dataclasses.replace(default, enabled=True)
-        try:
-            value = json.loads(text)
-        except ValueError:
-            raise _bad_chunking() from None
-        if value == "auto":
-            return dataclasses.replace(default, enabled=True)
-    if not isinstance(value, dict) or value.get("type") != "server_vad":
-        raise _bad_chunking()
-    unknown = set(value) - _SERVER_VAD_KEYS
-    if unknown:
-        raise _bad_chunking(f"unknown key {sorted(unknown)[0]!r}")
-    changes: dict[str, Any] = {"enabled": True}
-    threshold = _number(value.get("threshold"))
-    if threshold is not None:
-        if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
-            raise _bad_chunking("threshold must be a number from 0 to 1")
-        changes["threshold"] = float(threshold)
-    for key, field in (
-        ("prefix_padding_ms", "speech_pad_ms"),
-        ("silence_duration_ms", "min_silence_ms"),
-    ):
-        amount = _number(value.get(key))
-        if amount is not None:
-            if not _is_number(amount) or not 0 <= amount <= 10_000:
-                raise _bad_chunking(f"{key} must be a number of milliseconds from 0 to 10000")
-            changes[field] = int(amount)
-    return dataclasses.replace(default, **changes)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> Any:
-    """Form fields arrive as text ("0.5"): read them as numbers; anything else is left as is."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _bad_chunking(detail: str | None = None) -> InvalidRequest:
-    return InvalidRequest(
-        'chunking_strategy must be "auto" or {"type": "server_vad", "threshold": 0.5, '
-        '"prefix_padding_ms": 300, "silence_duration_ms": 500}'
-        + (f": {detail}." if detail else "."),
-        param="chunking_strategy",
-    )
