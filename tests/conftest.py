@@ -5,11 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
 import socket
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
+from harken import evaluation
 from harken.api import create_app
 from harken.config import Settings
 
@@ -63,30 +62,17 @@ def speech() -> dict[str, Clip]:
     return load_manifest()
 
 
-# --- text normalisation for WER/CER
-_NUMBERS = {"1": "one", "2": "two", "3": "three", "10": "ten", "mr": "mister"}
-
-
+# --- WER/CER: the one definition harken eval uses (Whisper's normaliser, jiwer's alignment)
 def normalize_text(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = text.replace("’", "'").replace("‘", "'")
-    text = re.sub(r"[^\w\s']", " ", text)
-    text = text.replace("'", "")
-    words = [_NUMBERS.get(w, w) for w in text.split()]
-    return " ".join(words)
+    return evaluation.normalize_text(text, "en")
 
 
 def wer(reference: str, hypothesis: str) -> float:
-    import jiwer
-
-    return float(jiwer.wer(normalize_text(reference), normalize_text(hypothesis)))
+    return evaluation.error_rate(reference, hypothesis, "en")
 
 
 def cer(reference: str, hypothesis: str) -> float:
-    import jiwer
-
-    strip = lambda s: re.sub(r"[\s\W]", "", s)  # noqa: E731
-    return float(jiwer.cer(strip(reference), strip(hypothesis)))
+    return evaluation.error_rate(reference, hypothesis, "zh")
 
 
 # --- servers

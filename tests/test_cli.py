@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import srt
+import typer
 import webvtt
 from typer.testing import CliRunner
 
+import harken
 from harken.cli import app
-from tests.conftest import wer
+from tests.conftest import free_port, wer
 
 TINY = ["--model", "whisper-tiny.en"]
 
@@ -46,8 +49,9 @@ def test_one_file_prints_its_text_to_stdout(run_cli, speech):
 @pytest.mark.parametrize("fmt", ["vtt", "json", "verbose_json"])
 def test_each_format_is_written_and_parses_back(run_cli, speech, tmp_path, fmt):
     clip = speech["ls_2412-153948-0002"]
+    words = ["--word-timestamps"] if fmt == "verbose_json" else []
     run_cli("transcribe", str(clip.path), *TINY, "--format", fmt, "--output-dir", str(tmp_path),
-            "--word-timestamps")  # fmt: skip
+            *words)  # fmt: skip
     [written] = tmp_path.iterdir()
     assert written.name == clip.path.stem + (".vtt" if fmt == "vtt" else ".json")
     if fmt == "vtt":
@@ -124,7 +128,16 @@ def test_mistakes_are_explained(run_cli, speech, tmp_path):
     english_only = run_cli("transcribe", str(clip.path), *TINY, "--language", "de", expect=2)
     assert "English-only" in message(english_only)
     unknown = run_cli("transcribe", str(clip.path), "--model", "whisper-huge", expect=2)
-    assert "whisper-huge" in message(unknown)
+    assert "whisper-huge" in message(unknown) and "harken models" in message(unknown)
+    # Word timestamps only fit verbose_json: the message says how to ask for it.
+    no_words = run_cli("transcribe", str(clip.path), *TINY, "-f", "srt", "--word-timestamps",
+                       expect=2)  # fmt: skip
+    assert "--word-timestamps" in message(no_words)
+    assert "-f srt,verbose_json" in message(no_words)
+    both_json = run_cli("transcribe", str(clip.path), "-f", "json,verbose_json", expect=2)
+    assert "pick one" in message(both_json)
+    unknown_language = run_cli("transcribe", str(clip.path), *TINY, "-l", "klingon", expect=2)
+    assert "klingon" in message(unknown_language) and "--language" in message(unknown_language)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for folder in ("a", "b"):
@@ -143,3 +156,83 @@ def test_models_lists_the_catalog_and_where_the_weights_are(run_cli, harken_home
     assert (Path(by_name["whisper-tiny.en"]["weights"]) / "model.bin").is_file()
     text = run_cli("models").stdout
     assert "whisper-tiny.en" in text and "weights:" in text
+
+
+def test_version_help_and_short_options(run_cli, speech):
+    assert run_cli("--version").stdout.strip() == harken.__version__
+    assert run_cli("-V").stdout.strip() == harken.__version__
+    assert "transcribe" in run_cli("-h").stdout
+    clip = speech["sphinx_cards_001"]
+    short = run_cli("transcribe", str(clip.path), "-m", "whisper-tiny.en", "-l", "en")
+    assert wer(clip.text, short.stdout) < 0.5, short.stdout
+
+
+def test_every_option_has_help():
+    command = typer.main.get_command(app)
+    commands = command.commands  # type: ignore[attr-defined]
+    assert {"serve", "transcribe", "models", "eval"} <= set(commands)
+    for name, sub in commands.items():
+        for param in sub.params:
+            if param.param_type_name == "option":
+                assert param.help, f"harken {name} {param.opts[0]} has no help text"
+
+
+def test_several_formats_from_one_transcription(run_cli, speech, tmp_path):
+    clip = speech["ls_2412-153948-0002"]
+    result = run_cli("transcribe", str(clip.path), *TINY, "-f", "srt,vtt,txt,verbose_json",
+                     "--word-timestamps", "-o", str(tmp_path), "--progress")  # fmt: skip
+    stem = clip.path.stem
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{stem}{suffix}" for suffix in (".srt", ".vtt", ".txt", ".json")
+    )
+    text = (tmp_path / f"{stem}.txt").read_text().strip()
+    assert wer(clip.text, text) < 0.15
+    assert " ".join(c.content for c in srt.parse((tmp_path / f"{stem}.srt").read_text())) == text
+    body = json.loads((tmp_path / f"{stem}.json").read_text())
+    assert body["text"] == text and body["words"]
+    # The progress bar labels its columns: audio time, speed, wall time.
+    assert "audio" in result.stderr and "elapsed" in result.stderr, result.stderr
+
+
+def test_a_refused_connection_names_the_server_on_one_line(run_cli, speech):
+    url = f"http://127.0.0.1:{free_port()}"
+    clip = speech["sphinx_cards_001"]
+    refused = run_cli("transcribe", str(clip.path), "--server", url, expect=1)
+    lines = [line for line in refused.stderr.splitlines() if url in line]
+    assert len(lines) == 1, refused.stderr
+    assert "harken serve" in lines[0] and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("clip_id", ["ls_1089-134691-0001", "sphinx_goforward"])
+def test_in_process_and_server_give_the_servers_files(run_cli, server, speech, tmp_path, clip_id):
+    """The same clip three ways: the CLI in-process, the CLI with --server, the server itself."""
+    clip = speech[clip_id]
+    formats = ["text", "srt", "vtt", "json", "verbose_json"]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    for folder, extra in ((local, []), (remote, ["--server", server.url])):
+        for pick in ("txt,srt,vtt,verbose_json", "json"):
+            run_cli("transcribe", str(clip.path), *TINY, "-l", "en", "-f", pick, "-o",
+                    str(folder / pick), *extra)  # fmt: skip
+    suffixes = {"text": ".txt", "srt": ".srt", "vtt": ".vtt", "json": ".json",
+                "verbose_json": ".json"}  # fmt: skip
+    for fmt in formats:
+        response = httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": (clip.path.name, clip.bytes())},
+            data={"model": "whisper-tiny.en", "language": "en", "response_format": fmt},
+            timeout=600,
+        )
+        assert response.status_code == 200, response.text
+        pick = "json" if fmt == "json" else "txt,srt,vtt,verbose_json"
+        name = f"{pick}/{clip.path.stem}{suffixes[fmt]}"
+        written = [(folder / name).read_text() for folder in (local, remote)]
+        if fmt in ("json", "verbose_json"):
+            expected = response.json()
+            for body in map(json.loads, written):
+                assert body["text"] == expected["text"] and body["usage"] == expected["usage"]
+                keys = ("start", "end", "text", "tokens")
+                assert [[s[k] for k in keys] for s in body.get("segments", [])] == [
+                    [s[k] for k in keys] for s in expected.get("segments", [])
+                ]
+        else:
+            assert written == [response.text.rstrip("\n") + "\n"] * 2, (fmt, written)
