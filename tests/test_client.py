@@ -62,6 +62,10 @@ def test_openai_audio_formats(client, speech):
             file, model=TINY, response_format="verbose_json", timestamp_granularities=["word"]
         )
     assert verbose.raw["words"] and verbose.raw["segments"]
+    assert verbose.language == "english" and verbose.duration == pytest.approx(
+        clip.duration, abs=0.05
+    )
+    assert verbose.words == verbose.raw["words"] and verbose.segments == verbose.raw["segments"]
 
 
 def test_openai_audio_stream(client, speech):

@@ -19,16 +19,17 @@ import base64
 import json
 import mimetypes
 import os
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal, Self, TypeAlias, cast
+from typing import IO, Any, Generic, Self, TypeAlias, TypeVar, cast
 
 import httpx
 
+from harken.formats import ResponseFormat
+
 AudioInput: TypeAlias = str | os.PathLike[str] | bytes | IO[bytes]
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 
 DEFAULT_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 MIMO_MODEL = "mimo-v2.5-asr"
@@ -83,11 +84,16 @@ class HarkenAPIError(Exception):
 
 @dataclass
 class Transcript:
-    """One answer. `text` is the transcript; for `srt`/`vtt` it is the subtitle file itself."""
+    """One answer. `text` is the transcript; for `srt`/`vtt` it is the subtitle file itself.
+    With `verbose_json`: the `language`, `duration`, `segments` and (when asked) `words`."""
 
     text: str
     usage: dict[str, Any] | None = None
     raw: dict[str, Any] | str = ""
+    language: str | None = None
+    duration: float | None = None
+    segments: list[dict[str, Any]] | None = None
+    words: list[dict[str, Any]] | None = None
 
 
 # --- building requests (shared by the sync and async clients)
@@ -223,12 +229,15 @@ def _check(response: httpx.Response) -> None:
     raise HarkenAPIError.from_body(body, response.status_code)
 
 
-def _audio_result(response: httpx.Response, response_format: str) -> Transcript:
+def _audio_result(response: httpx.Response) -> Transcript:
     _check(response)
-    if response_format in ("json", "verbose_json"):
-        body = response.json()
-        return Transcript(body.get("text", ""), body.get("usage"), body)
-    return Transcript(response.text, None, response.text)
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return Transcript(response.text, None, response.text)
+    body = response.json()
+    return Transcript(
+        body.get("text", ""), body.get("usage"), body, language=body.get("language"),
+        duration=body.get("duration"), segments=body.get("segments"), words=body.get("words"),
+    )  # fmt: skip
 
 
 def _chat_result(response: httpx.Response) -> Transcript:
@@ -280,19 +289,37 @@ class _StreamState:
         return self.final_text if self.final_text is not None else "".join(self.parts)
 
 
-class TranscriptStream:
+class _Stream:
+    """What both stream classes share: the text and usage, complete once the stream is read."""
+
+    def __init__(self) -> None:
+        self._state = _StreamState()
+
+    def _delta(self, line: str) -> str:
+        payload = _sse_payload(line)
+        return self._state.feed(payload) if payload is not None else ""
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._state.usage
+
+
+class TranscriptStream(_Stream):
     """Text deltas as the server recognises them; `text` and `usage` are complete at the end."""
 
-    def __init__(self, lines: Iterator[str], close: Any) -> None:
+    def __init__(self, lines: Iterator[str], close: Callable[[], None]) -> None:
+        super().__init__()
         self._lines = lines
         self._close = close
-        self._state = _StreamState()
 
     def __iter__(self) -> Iterator[str]:
         try:
             for line in self._lines:
-                payload = _sse_payload(line)
-                if payload is not None and (delta := self._state.feed(payload)):
+                if delta := self._delta(line):
                     yield delta
         finally:
             self.close()
@@ -306,28 +333,19 @@ class TranscriptStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def text(self) -> str:
-        return self._state.text
 
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self._state.usage
+class AsyncTranscriptStream(_Stream):
+    """`TranscriptStream` for `async for delta in stream`."""
 
-
-class AsyncTranscriptStream:
-    """The async twin of `TranscriptStream` (`async for delta in stream`)."""
-
-    def __init__(self, lines: AsyncIterator[str], close: Any) -> None:
+    def __init__(self, lines: AsyncIterator[str], close: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
         self._lines = lines
         self._close = close
-        self._state = _StreamState()
 
     async def __aiter__(self) -> AsyncIterator[str]:
         try:
             async for line in self._lines:
-                payload = _sse_payload(line)
-                if payload is not None and (delta := self._state.feed(payload)):
+                if delta := self._delta(line):
                     yield delta
         finally:
             await self.aclose()
@@ -341,14 +359,6 @@ class AsyncTranscriptStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    @property
-    def text(self) -> str:
-        return self._state.text
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self._state.usage
-
 
 def _base(url: str) -> str:
     """Accept the server root or its `/v1` base URL (what the openai SDK takes)."""
@@ -356,8 +366,115 @@ def _base(url: str) -> str:
     return url[:-3] if url.endswith("/v1") else url
 
 
-# --- the clients
-class Client:
+# --- the clients: one set of methods, sent by a sync or an async transport
+@dataclass(frozen=True)
+class _Call:
+    """One request and how to read its answer (shared by `Client` and `AsyncClient`)."""
+
+    method: str
+    path: str
+    options: dict[str, Any]
+    parse: Callable[[httpx.Response], Any]
+    stream: bool = False
+
+
+def _audio_call(path: str, audio: AudioInput, *, stream: bool = False, **fields: Any) -> _Call:
+    data, files = _audio_form(audio, stream=stream, **fields)
+    return _Call("POST", path, {"data": _form(data), "files": files}, _audio_result, stream)
+
+
+def _model_ids(response: httpx.Response) -> list[str]:
+    _check(response)
+    return [m["id"] for m in response.json()["data"]]
+
+
+R = TypeVar("R")  # what a call gives: a Transcript, or an awaitable of one
+S = TypeVar("S")  # a stream, or an awaitable of one
+M = TypeVar("M")  # the model names, or an awaitable of them
+
+
+class _Methods(Generic[R, S, M]):
+    """The API's methods, written once; subclasses send a `_Call` their way."""
+
+    def _send(self, call: _Call) -> Any:
+        raise NotImplementedError
+
+    def models(self) -> M:
+        """Every model name and alias the server answers to."""
+        return self._send(_Call("GET", "/v1/models", {}, _model_ids))
+
+    # MiMo chat completions
+    def mimo_transcribe(self, audio: AudioInput | Sequence[AudioInput], **options: Any) -> R:
+        """Transcribe with MiMo's chat dialect. Options: model, language, prompt, hotwords,
+        context (see `mimo_request`)."""
+        body = mimo_request(audio, **options)
+        return self._send(_Call("POST", "/v1/chat/completions", {"json": body}, _chat_result))
+
+    def mimo_transcribe_stream(self, audio: AudioInput | Sequence[AudioInput], **options: Any) -> S:
+        """The same, as text deltas while the server recognises them."""
+        body = mimo_request(audio, stream=True, **options)
+        return self._send(_Call("POST", "/v1/chat/completions", {"json": body}, _check, True))
+
+    # OpenAI audio
+    def transcribe(
+        self,
+        audio: AudioInput,
+        *,
+        model: str | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        hotwords: str | Sequence[str] | None = None,
+        response_format: ResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[str] | None = None,
+    ) -> R:
+        """`POST /v1/audio/transcriptions`; with `verbose_json` the result carries the
+        language, duration, segments and (with `timestamp_granularities=["word"]`) words."""
+        return self._send(
+            _audio_call(
+                "/v1/audio/transcriptions", audio, model=model, language=language, prompt=prompt,
+                hotwords=hotwords, response_format=response_format, temperature=temperature,
+                timestamp_granularities=timestamp_granularities,
+            )
+        )  # fmt: skip
+
+    def transcribe_stream(
+        self,
+        audio: AudioInput,
+        *,
+        model: str | None = None,
+        language: str | None = None,
+        prompt: str | None = None,
+        hotwords: str | Sequence[str] | None = None,
+    ) -> S:
+        """`POST /v1/audio/transcriptions` with `stream=true`: text deltas as recognised."""
+        return self._send(
+            _audio_call(
+                "/v1/audio/transcriptions", audio, stream=True, model=model, language=language,
+                prompt=prompt, hotwords=hotwords, response_format="json", temperature=None,
+                timestamp_granularities=None,
+            )
+        )  # fmt: skip
+
+    def translate(
+        self,
+        audio: AudioInput,
+        *,
+        model: str | None = None,
+        prompt: str | None = None,
+        response_format: ResponseFormat = "json",
+    ) -> R:
+        """`POST /v1/audio/translations`: English text from speech in any language."""
+        return self._send(
+            _audio_call(
+                "/v1/audio/translations", audio, model=model, language=None, prompt=prompt,
+                hotwords=None, response_format=response_format, temperature=None,
+                timestamp_granularities=None,
+            )
+        )  # fmt: skip
+
+
+class Client(_Methods[Transcript, TranscriptStream, list[str]]):
     """Synchronous client. `base_url` is the server root (`http://host:8000`) or its `/v1`."""
 
     def __init__(
@@ -387,85 +504,11 @@ class Client:
     ) -> None:
         self.close()
 
-    def models(self) -> list[str]:
-        """Every model name and alias the server answers to."""
-        response = self._http.get("/v1/models")
-        _check(response)
-        return [m["id"] for m in response.json()["data"]]
-
-    # MiMo chat completions
-    def mimo_transcribe(
-        self, audio: AudioInput | Sequence[AudioInput], **options: Any
-    ) -> Transcript:
-        """Transcribe with MiMo's chat dialect. Options: model, language, prompt, hotwords,
-        context (see `mimo_request`)."""
-        response = self._http.post("/v1/chat/completions", json=mimo_request(audio, **options))
-        return _chat_result(response)
-
-    def mimo_transcribe_stream(
-        self, audio: AudioInput | Sequence[AudioInput], **options: Any
-    ) -> TranscriptStream:
-        body = mimo_request(audio, stream=True, **options)
-        return self._stream("/v1/chat/completions", json=body)
-
-    # OpenAI audio
-    def transcribe(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        prompt: str | None = None,
-        hotwords: str | Sequence[str] | None = None,
-        response_format: ResponseFormat = "json",
-        temperature: float | None = None,
-        timestamp_granularities: Sequence[str] | None = None,
-    ) -> Transcript:
-        """`POST /v1/audio/transcriptions`."""
-        data, files = _audio_form(
-            audio, model=model, language=language, prompt=prompt, hotwords=hotwords,
-            response_format=response_format, temperature=temperature,
-            timestamp_granularities=timestamp_granularities, stream=False,
-        )  # fmt: skip
-        response = self._http.post("/v1/audio/transcriptions", data=_form(data), files=files)
-        return _audio_result(response, response_format)
-
-    def transcribe_stream(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        prompt: str | None = None,
-        hotwords: str | Sequence[str] | None = None,
-    ) -> TranscriptStream:
-        """`POST /v1/audio/transcriptions` with `stream=true`: text deltas as recognised."""
-        data, files = _audio_form(
-            audio, model=model, language=language, prompt=prompt, hotwords=hotwords,
-            response_format="json", temperature=None, timestamp_granularities=None, stream=True,
-        )  # fmt: skip
-        return self._stream("/v1/audio/transcriptions", data=_form(data), files=files)
-
-    def translate(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        prompt: str | None = None,
-        response_format: ResponseFormat = "json",
-    ) -> Transcript:
-        """`POST /v1/audio/translations`: English text from speech in any language."""
-        data, files = _audio_form(
-            audio, model=model, language=None, prompt=prompt, hotwords=None,
-            response_format=response_format, temperature=None, timestamp_granularities=None,
-            stream=False,
-        )  # fmt: skip
-        response = self._http.post("/v1/audio/translations", data=_form(data), files=files)
-        return _audio_result(response, response_format)
-
-    def _stream(self, path: str, **kwargs: Any) -> TranscriptStream:
-        request = self._http.build_request("POST", path, **kwargs)
-        response = self._http.send(request, stream=True)
+    def _send(self, call: _Call) -> Any:
+        request = self._http.build_request(call.method, call.path, **call.options)
+        response = self._http.send(request, stream=call.stream)
+        if not call.stream:
+            return call.parse(response)
         if not response.is_success:
             response.read()
             response.close()
@@ -473,7 +516,9 @@ class Client:
         return TranscriptStream(response.iter_lines(), response.close)
 
 
-class AsyncClient:
+class AsyncClient(
+    _Methods[Awaitable[Transcript], Awaitable[AsyncTranscriptStream], Awaitable[list[str]]]
+):
     """Asynchronous client with the same methods as `Client`, awaited."""
 
     def __init__(
@@ -498,79 +543,11 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def models(self) -> list[str]:
-        response = await self._http.get("/v1/models")
-        _check(response)
-        return [m["id"] for m in response.json()["data"]]
-
-    async def mimo_transcribe(
-        self, audio: AudioInput | Sequence[AudioInput], **options: Any
-    ) -> Transcript:
-        response = await self._http.post(
-            "/v1/chat/completions", json=mimo_request(audio, **options)
-        )
-        return _chat_result(response)
-
-    async def mimo_transcribe_stream(
-        self, audio: AudioInput | Sequence[AudioInput], **options: Any
-    ) -> AsyncTranscriptStream:
-        body = mimo_request(audio, stream=True, **options)
-        return await self._stream("/v1/chat/completions", json=body)
-
-    async def transcribe(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        prompt: str | None = None,
-        hotwords: str | Sequence[str] | None = None,
-        response_format: ResponseFormat = "json",
-        temperature: float | None = None,
-        timestamp_granularities: Sequence[str] | None = None,
-    ) -> Transcript:
-        data, files = _audio_form(
-            audio, model=model, language=language, prompt=prompt, hotwords=hotwords,
-            response_format=response_format, temperature=temperature,
-            timestamp_granularities=timestamp_granularities, stream=False,
-        )  # fmt: skip
-        response = await self._http.post("/v1/audio/transcriptions", data=_form(data), files=files)
-        return _audio_result(response, response_format)
-
-    async def transcribe_stream(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        language: str | None = None,
-        prompt: str | None = None,
-        hotwords: str | Sequence[str] | None = None,
-    ) -> AsyncTranscriptStream:
-        data, files = _audio_form(
-            audio, model=model, language=language, prompt=prompt, hotwords=hotwords,
-            response_format="json", temperature=None, timestamp_granularities=None, stream=True,
-        )  # fmt: skip
-        return await self._stream("/v1/audio/transcriptions", data=_form(data), files=files)
-
-    async def translate(
-        self,
-        audio: AudioInput,
-        *,
-        model: str | None = None,
-        prompt: str | None = None,
-        response_format: ResponseFormat = "json",
-    ) -> Transcript:
-        data, files = _audio_form(
-            audio, model=model, language=None, prompt=prompt, hotwords=None,
-            response_format=response_format, temperature=None, timestamp_granularities=None,
-            stream=False,
-        )  # fmt: skip
-        response = await self._http.post("/v1/audio/translations", data=_form(data), files=files)
-        return _audio_result(response, response_format)
-
-    async def _stream(self, path: str, **kwargs: Any) -> AsyncTranscriptStream:
-        request = self._http.build_request("POST", path, **kwargs)
-        response = await self._http.send(request, stream=True)
+    async def _send(self, call: _Call) -> Any:
+        request = self._http.build_request(call.method, call.path, **call.options)
+        response = await self._http.send(request, stream=call.stream)
+        if not call.stream:
+            return call.parse(response)
         if not response.is_success:
             await response.aread()
             await response.aclose()
