@@ -30,8 +30,8 @@ test: $(VENV)/.installed-dev browser
 browser:
 	@test -x /usr/bin/chromium || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -q chromium || { $$SUDO apt-get update -q && \
-	    $$SUDO apt-get install -y -q chromium; }; }
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium || { \
+	    $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium; }; }
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -396,6 +396,13 @@ M = TypeVar("M")  # the model names, or an awaitable of them
 class _Methods(Generic[R, S, M]):
     """The API's methods, written once; subclasses send a `_Call` their way."""
 
+    def __init__(self, base_url: str, api_key: str | None, timeout: float | httpx.Timeout) -> None:
+        self.base_url = _base(base_url)
+        # What either kind of httpx client is made with.
+        self._http_options: dict[str, Any] = {
+            "base_url": self.base_url, "headers": _headers(api_key), "timeout": timeout,
+        }  # fmt: skip
+
     def _send(self, call: _Call) -> Any:
         raise NotImplementedError
 
@@ -485,10 +492,8 @@ class Client(_Methods[Transcript, TranscriptStream, list[str]]):
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         http: httpx.Client | None = None,
     ) -> None:
-        self.base_url = _base(base_url)
-        self._http = http or httpx.Client(
-            base_url=self.base_url, headers=_headers(api_key), timeout=timeout
-        )
+        super().__init__(base_url, api_key, timeout)
+        self._http = http or httpx.Client(**self._http_options)
 
     def close(self) -> None:
         self._http.close()
@@ -529,10 +534,8 @@ class AsyncClient(
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        self.base_url = _base(base_url)
-        self._http = http or httpx.AsyncClient(
-            base_url=self.base_url, headers=_headers(api_key), timeout=timeout
-        )
+        super().__init__(base_url, api_key, timeout)
+        self._http = http or httpx.AsyncClient(**self._http_options)
 
     async def aclose(self) -> None:
         await self._http.aclose()
