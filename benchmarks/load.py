@@ -47,9 +47,8 @@ class Outcome:
 
 
 def pick_clips(max_seconds: float, language: str) -> list[Any]:
-    clips = [
-        c for c in load_manifest().values() if c.duration <= max_seconds and c.language == language
-    ]
+    speech = load_manifest(SPEECH).values()
+    clips = [c for c in speech if c.duration <= max_seconds and c.language == language]
     return sorted(clips, key=lambda c: c.id)
 
 

@@ -43,15 +43,16 @@ class Clip:
         return f"data:{mime};base64,{base64.b64encode(self.bytes()).decode()}"
 
 
-def load_manifest() -> dict[str, Clip]:
-    manifest = SPEECH_DIR / "manifest.jsonl"
+def load_manifest(speech_dir: Path = SPEECH_DIR) -> dict[str, Clip]:
+    """The clips of a speech set by id: the tests' own (tests/data) unless told another."""
+    manifest = speech_dir / "manifest.jsonl"
     if not manifest.is_file():
         raise RuntimeError(f"the test recordings are missing: expected {manifest}")
     clips = {}
     for line in manifest.read_text().splitlines():
         item = json.loads(line)
         clips[item["id"]] = Clip(
-            item["id"], SPEECH_DIR / item["path"], item["text"], item["language"],
+            item["id"], speech_dir / item["path"], item["text"], item["language"],
             float(item["duration_s"]),
         )  # fmt: skip
     return clips
