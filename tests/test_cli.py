@@ -236,3 +236,14 @@ def test_in_process_and_server_give_the_servers_files(run_cli, server, speech, t
                 ]
         else:
             assert written == [response.text.rstrip("\n") + "\n"] * 2, (fmt, written)
+
+
+def test_a_config_file_reaches_the_settings_without_the_environment(run_cli, tmp_path):
+    config = tmp_path / "harken.toml"
+    config.write_text('[aliases]\n"asr" = "whisper-tiny.en"\n')
+    before = dict(os.environ)
+    listing = json.loads(run_cli("models", "-c", str(config), "--json").stdout)
+    assert "asr" in {row["name"]: row for row in listing}["whisper-tiny.en"]["aliases"]
+    assert dict(os.environ) == before
+    missing = run_cli("models", "--config", str(tmp_path / "nope.toml"), expect=2)
+    assert "no such file" in message(missing)

@@ -55,14 +55,6 @@ def _package_dir(module: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def assemble_whisper_base(settings: Settings) -> Path:
     """Join the two packaged halves of Whisper base into HARKEN_HOME once; reuse afterwards.
 
