@@ -51,8 +51,13 @@ async def send_error(send: Send, error: HarkenError, *, close: bool = False) -> 
     await send({"type": "http.response.body", "body": body})
 
 
-def error_response(error: HarkenError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=http_headers(error))
+def error_response(error: HarkenError, *, close: bool = False) -> JSONResponse:
+    """The contract's error body as a response; `close` asks the client to drop the
+    connection."""
+    headers = http_headers(error)
+    if close:
+        headers["Connection"] = "close"
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 def describe_validation_error(errors: list[Any]) -> InvalidRequest:
