@@ -90,6 +90,14 @@ class RateLimited(HarkenError):
         self.retry_after = retry_after  # seconds until a place is likely to free up
 
 
+class DeadlineExceeded(HarkenError):
+    """The request ran past the server's per-request deadline and was stopped."""
+
+    status = 504
+    type = "server_error"
+    code = "deadline_exceeded"
+
+
 class Overloaded(HarkenError):
     status = 503
     type = "server_error"

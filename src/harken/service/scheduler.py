@@ -5,9 +5,9 @@ The event loop never runs model code. Up to `max_active` jobs decode at once, ea
 thread; their model calls meet in the engine's batcher (engine/batching.py), which runs the
 windows of several requests as one batch, so the threads are cheap and the CPU does the
 batched work. Up to `max_queue` more jobs wait, first come first served. Beyond that, new work
-is refused at once with a 429 and a `Retry-After`, instead of piling up memory and timing out.
-Every job has a deadline from the moment it is admitted; past it the job is cancelled and the
-client gets a 504.
+is refused at once (`RateLimited`, saying when to retry), instead of piling up memory and timing
+out. Every job has a deadline from the moment it is admitted; past it the job is cancelled
+(`DeadlineExceeded`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from harken.engine.batching import cancel_scope
-from harken.errors import HarkenError, RateLimited, ShuttingDown
+from harken.errors import DeadlineExceeded, RateLimited, ShuttingDown
 from harken.service.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -32,14 +32,6 @@ T = TypeVar("T")
 H = TypeVar("H")
 
 _HEAD, _ITEM, _ERROR, _DONE = range(4)
-
-
-class DeadlineExceeded(HarkenError):
-    """The request ran past the server's per-request deadline and was stopped."""
-
-    status = 504
-    type = "server_error"
-    code = "deadline_exceeded"
 
 
 class Scheduler:
@@ -104,10 +96,11 @@ class Scheduler:
         with self._lock:
             if self._admitted >= self.capacity:
                 self.metrics.jobs.labels("rejected").inc()
+                retry_after = self.retry_after()
                 raise RateLimited(
                     f"The server is at capacity ({self.capacity} requests in progress or "
-                    "waiting); retry after the time in the Retry-After header.",
-                    retry_after=self.retry_after(),
+                    f"waiting); retry in {retry_after} s.",
+                    retry_after=retry_after,
                 )
             self._admitted += 1
             self._admissions += 1
