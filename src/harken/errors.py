@@ -22,12 +22,15 @@ class HarkenError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        # Set only by the API layer for its own refusals; the service never speaks HTTP.
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {

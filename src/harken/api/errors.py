@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def http_headers(error: HarkenError) -> dict[str, str]:
     """What HTTP adds to an error: when to come back, and, from a server that is going away,
     to close the connection so that a keep-alive client reconnects elsewhere."""
-    headers = {}
+    headers = dict(error.headers)
     if isinstance(error, RateLimited) and error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, ShuttingDown):
