@@ -138,6 +138,10 @@ def test_mistakes_are_explained(run_cli, speech, tmp_path):
     assert "pick one" in message(both_json)
     unknown_language = run_cli("transcribe", str(clip.path), *TINY, "-l", "klingon", expect=2)
     assert "klingon" in message(unknown_language) and "--language" in message(unknown_language)
+    (tmp_path / "harken.toml").write_text("beam_size = 1\n")
+    both = run_cli("transcribe", str(clip.path), "-c", str(tmp_path / "harken.toml"),
+                   "--server", "http://127.0.0.1:1", expect=2)  # fmt: skip
+    assert "drop --config or --server" in message(both)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     for folder in ("a", "b"):

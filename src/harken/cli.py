@@ -165,6 +165,15 @@ def version() -> None:
 
 
 # --- the model in this process
+def refuse_config_with_server(config: Path | None, server: str | None) -> None:
+    if config is not None and server:
+        raise typer.BadParameter(
+            "a settings file sets up the model in this process; with --server the server's "
+            "own settings apply: drop --config or --server",
+            param_hint="--config",
+        )
+
+
 @contextlib.contextmanager
 def local_model(
     config: Path | None, model: str | None
@@ -233,6 +242,7 @@ def transcribe(
     ] = None,
 ) -> None:  # fmt: skip
     """Transcribe audio files, in this process or on a server; one output per input and format."""
+    refuse_config_with_server(config, server)
     fmts = parse_formats(formats)
     if words and "verbose_json" not in fmts:
         raise typer.BadParameter(
@@ -312,6 +322,7 @@ def evaluate_command(
     Both sides are normalised the way Whisper's evaluations do (case, punctuation, numbers)."""
     from harken.evaluation import ManifestError, read_manifest, report, table
 
+    refuse_config_with_server(config, server)
     if not manifest.is_file():
         raise typer.BadParameter(f"no such file: {manifest}", param_hint="MANIFEST")
     try:
