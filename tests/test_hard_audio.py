@@ -389,3 +389,54 @@ def test_silence_and_lying_headers_cost_no_model_time(server: Any) -> None:
         if response.status_code == 200:
             assert response.json()["text"] == "", (name, response.text)
         assert service.pieces_started == before, name
+
+
+TRADITIONAL_CLIP = "aishell1_BAC009S0724W0121"  # whisper-base writes it in Traditional characters
+
+
+def test_both_dialects_answer_mandarin_in_simplified_or_as_asked(
+    server: Any, speech: dict[str, Clip], assert_error: Any
+) -> None:
+    clip = speech[TRADITIONAL_CLIP]
+
+    def chat(**asr: Any) -> httpx.Response:
+        body = {
+            "model": BASE,
+            "messages": [{"role": "user", "content": [
+                {"type": "input_audio", "input_audio": {"data": clip.data_url()}}]}],
+            **({"asr_options": asr} if asr else {}),
+        }  # fmt: skip
+        return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=120)
+
+    def audio(stream: bool = False, **form: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": (clip.path.name, clip.bytes())},
+            data={"model": BASE, "response_format": "verbose_json", **form,
+                  **({"stream": "true", "response_format": "json"} if stream else {})},
+            timeout=120,
+        )  # fmt: skip
+
+    simplified = chat().json()["choices"][0]["message"]["content"]
+    assert simplified and not has_traditional(simplified), simplified
+    traditional = chat(chinese_script="traditional").json()["choices"][0]["message"]["content"]
+    assert has_traditional(traditional), traditional
+    original = chat(chinese_script="original").json()["choices"][0]["message"]["content"]
+    assert has_traditional(original), original  # what whisper-base writes, as the test says
+
+    verbose = audio(timestamp_granularities=["word"]).json()
+    words = "".join(w["word"] for w in verbose["words"])
+    assert verbose["text"] == simplified and not has_traditional(words), verbose
+    asked = audio(chinese_script="traditional").json()
+    assert asked["text"] == traditional and has_traditional(asked["segments"][0]["text"])
+    with httpx.stream(
+        "POST", f"{server.url}/v1/audio/transcriptions",
+        files={"file": (clip.path.name, clip.bytes())},
+        data={"model": BASE, "stream": "true"}, timeout=120,
+    ) as response:  # fmt: skip
+        events = list(sse_events(response.iter_lines()))
+    deltas = "".join(e.get("delta", "") for e in events)
+    assert deltas == events[-1]["text"] == simplified, events
+
+    assert_error(chat(chinese_script="cantonese"), 400, param="asr_options.chinese_script")
+    assert_error(audio(chinese_script="klingon"), 400, param="chinese_script")

@@ -21,7 +21,7 @@ from harken.api.auth import require_api_key
 from harken.api.chunking import parse_chunking_strategy
 from harken.api.sse import sse_error, sse_event, sse_headers
 from harken.engine import Segment, SegmentationOptions, TranscriptionInfo, TranscriptionOptions
-from harken.engine.types import Task
+from harken.engine.types import ChineseScript, Task
 from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest
 from harken.formats import ResponseFormat, TextJoiner, render
 from harken.languages import language_code
@@ -53,6 +53,7 @@ class AudioRequest:
     stream: bool = False
     hotwords: str | None = None
     chunking_strategy: str | dict[str, str] | None = None
+    chinese_script: ChineseScript | None = None
 
     def __post_init__(self) -> None:
         self.model = _blank_to_none(self.model)
@@ -100,6 +101,7 @@ class AudioRequest:
             temperature=self.temperature,
             word_timestamps=self.words,
             segmentation=parse_chunking_strategy(self.chunking_strategy, segmentation),
+            chinese_script=self.chinese_script,
         )
 
 
@@ -136,6 +138,13 @@ StreamField = Annotated[
 ]
 HotwordsField = Annotated[
     str | None, Form(description="Extension: words or names to favour, comma-separated.")
+]
+ChineseScriptField = Annotated[
+    ChineseScript | None,
+    Form(
+        description="Mandarin text in simplified or traditional characters, or original (as the "
+        "model wrote it); empty: the server's setting (simplified by default)."
+    ),
 ]
 ChunkingField = Annotated[
     str | None,
@@ -278,12 +287,13 @@ async def transcriptions(
     stream: StreamField = False,
     hotwords: HotwordsField = None,
     chunking_strategy: ChunkingField = None,
+    chinese_script: ChineseScriptField = None,
 ) -> Response:
     body = AudioRequest(
         task="transcribe", model=model, language=language, prompt=prompt,
         response_format=response_format, temperature=temperature,
         granularities=[*timestamp_granularities, *timestamp_granularities_plain],
-        stream=stream, hotwords=hotwords,
+        stream=stream, hotwords=hotwords, chinese_script=chinese_script,
         chunking_strategy=chunking_strategy
         or await _nested_form_field(request, "chunking_strategy"),
     )  # fmt: skip

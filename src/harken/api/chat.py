@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from harken.api.auth import require_api_key
 from harken.api.sse import sse_error, sse_event, sse_headers
 from harken.engine import TranscriptionOptions
+from harken.engine.types import ChineseScript
 from harken.errors import (
     FileTooLarge,
     HarkenError,
@@ -79,6 +80,11 @@ class AsrOptions(BaseModel):
     language: str | None = Field("auto", description="auto, zh, en, or another ISO 639-1 code")
     hotwords: str | list[str] | None = None
     prompt: str | None = None
+    chinese_script: ChineseScript | None = Field(
+        None,
+        description="Extension: Mandarin text in simplified (MiMo's own) or traditional "
+        "characters, or original (as the model wrote it); unset: the server's setting.",
+    )
 
 
 class StreamOptions(BaseModel):
@@ -151,6 +157,7 @@ class ChatCompletionRequest(BaseModel):
             prompt=self.context_text() or None,
             hotwords=self.hotwords(),
             temperature=self.temperature,
+            chinese_script=self.asr_options.chinese_script if self.asr_options else None,
         )
 
 
