@@ -221,7 +221,9 @@ DECODED: dict[str, int] = {}
 @fuzz_settings(500)
 @given(data=wav_files())
 def test_the_decoder_on_fuzzed_wav_headers(data: bytes):
-    started = time.monotonic()
+    # The decoder's own CPU time: wall time here also counts other threads of this process
+    # (the shared server's idle malloc_trim holds the allocator for seconds) and the machine's load.
+    started = time.thread_time()
     try:
         pcm = decode_pcm16(data, max_seconds=30)
         DECODED["audio"] = DECODED.get("audio", 0) + 1
@@ -230,7 +232,7 @@ def test_the_decoder_on_fuzzed_wav_headers(data: bytes):
         kind = type(exc).__name__
         DECODED[kind] = DECODED.get(kind, 0) + 1
         assert exc.status in (400, 413)
-    assert time.monotonic() - started < DECODE_BOUND
+    assert time.thread_time() - started < DECODE_BOUND
 
 
 @pytest.fixture(scope="module")
