@@ -124,10 +124,19 @@ def run_server(home: Path, **overrides: Any) -> Iterator[RunningServer]:
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
+    url = f"http://127.0.0.1:{port}"
+    with serving_in_thread(uvicorn.Server(config), url, settings, app) as run:
+        yield run
+
+
+@contextmanager
+def serving_in_thread(
+    server: uvicorn.Server, url: str, settings: Settings, app: Any
+) -> Iterator[RunningServer]:
+    """Run a uvicorn server (its app already built) in a thread; ready when yielded, stopped
+    after."""
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
     wait_healthy(url, thread.is_alive)
     try:
         yield RunningServer(url, settings, app)

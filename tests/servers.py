@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 from harken.api import create_app
 from harken.api.serving import build_server
 from harken.config import Settings
-from tests.conftest import RunningServer, free_port, wait_healthy
+from tests.conftest import RunningServer, free_port, serving_in_thread
 
 TINY = "whisper-tiny.en"
 
@@ -32,15 +31,9 @@ def run_built_server(home: Path, **overrides: Any) -> Iterator[RunningServer]:
     settings = Settings(home=home, port=free_port(), **overrides)
     app = create_app(settings)
     server = build_server(app, settings, log_level="info")
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     url = f"http://127.0.0.1:{settings.port}"
-    wait_healthy(url, thread.is_alive)
-    try:
-        yield RunningServer(url, settings, app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
+    with serving_in_thread(server, url, settings, app) as run:
+        yield run
 
 
 @dataclass
