@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     vad_min_silence_ms: int = Field(default=500, ge=0)
     vad_speech_pad_ms: int = Field(default=200, ge=0)
-    vad_max_piece_seconds: float = Field(default=30.0, ge=5.0, le=30.0)
+    vad_max_piece_seconds: float = Field(default=120.0, ge=5.0, le=600.0)
     # Lift quiet stretches of speech to the loudest one's level in each window (a quiet speaker
     # beside a loud one is otherwise read as background).
     level_speech: bool = True

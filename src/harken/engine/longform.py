@@ -1,6 +1,6 @@
 """Long recordings through any Transcriber: piece by piece, as one lazy stream of segments.
 
-Each piece (see `segmentation`) is at most one model window of audio, converted to float32
+Each piece (see `segmentation`) is at most a few model windows of audio, converted to float32
 only while it is read, so memory does not grow with the length of the recording. Timestamps
 are mapped back through the piece's parts (a time in a part moves by that part's offset);
 pieces never overlap, so no word is read twice at a join, and every stretch of speech is inside
@@ -28,16 +28,17 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import dataclasses
-import functools
 import logging
+import queue
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from harken.engine.batching import cancel_scope, current_cancel_event
+from harken.engine.batching import cancel_scope, current_cancel_event, siblings
 from harken.engine.leveling import level_speech
 from harken.engine.script import convert_segment, converts
 from harken.engine.segmentation import (
@@ -108,7 +109,8 @@ def parallel_pieces(transcriber: Transcriber) -> int:
 
 class _PieceReader:
     """Reads one piece: levels it, decodes it, reads again what the text left out, and maps the
-    segments into the recording's time. Safe to call from several threads at once."""
+    segments into the recording's time, each as soon as it is final. Safe to call from several
+    threads at once."""
 
     def __init__(
         self,
@@ -124,12 +126,13 @@ class _PieceReader:
         self.level = level
         self.on_piece = on_piece
 
-    def read(self, piece: Piece) -> tuple[TranscriptionInfo, list[Segment]]:
-        info, segments = self.start(piece)
-        return info, segments()
+    def read(self, piece: Piece) -> Iterator[Segment]:
+        _, segments = self.start(piece)
+        return segments
 
-    def start(self, piece: Piece) -> tuple[TranscriptionInfo, Callable[[], list[Segment]]]:
-        """Start reading: the info (language) once known, and what finishes the reading."""
+    def start(self, piece: Piece) -> tuple[TranscriptionInfo, Iterator[Segment]]:
+        """Start reading: the info (language) once known, and the piece's segments as they
+        are read."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
@@ -142,39 +145,58 @@ class _PieceReader:
         options = dataclasses.replace(self.options, word_timestamps=bool(speech) or words)
         result = self.transcriber.transcribe(samples, options)
 
-        def finish() -> list[Segment]:
-            segments = list(result.segments)
-            if speech:
-                segments = self._with_unheard(samples, speech, segments, options)
-                segments = [s for s in segments if not _over_silence(s, speech)]
-            if not words:
-                segments = [dataclasses.replace(s, words=None) for s in segments]
-            return [_shifted(s, piece, s.id) for s in segments]
+        def final(segments: Iterator[Segment]) -> Iterator[Segment]:
+            for segment in segments:
+                if speech and _over_silence(segment, speech):
+                    continue
+                if not words:
+                    segment = dataclasses.replace(segment, words=None)
+                yield _shifted(segment, piece, segment.id)
 
-        return result.info, finish
+        if not speech:
+            return result.info, final(result.segments)
+        return result.info, final(self._with_unheard(samples, speech, result.segments, options))
 
     def _with_unheard(
         self,
         samples: np.ndarray,
         speech: tuple[tuple[int, int], ...],
-        segments: list[Segment],
+        segments: Iterator[Segment],
         options: TranscriptionOptions,
-    ) -> list[Segment]:
+    ) -> Iterator[Segment]:
         """The segments, with those of each stretch of speech they left out read again on its
-        own and put in time order among them."""
-        unheard = _unheard(speech, segments, samples.shape[0] / SAMPLE_RATE)
-        if not unheard:
-            return segments
-        found = list(segments)
-        for start, end in unheard:
+        own and put in time order among them. A stretch is judged once the text has gone past
+        it (Whisper reads forward), so each segment still comes as soon as it is read."""
+        heard: list[Segment] = []
+        waiting = list(speech)
+        length = samples.shape[0] / SAMPLE_RATE
+        for segment in segments:
+            passed = 0
+            while passed < len(waiting) and waiting[passed][1] / SAMPLE_RATE <= segment.start:
+                passed += 1
+            if passed:
+                yield from self._read_again(samples, waiting[:passed], heard, length, options)
+                del waiting[:passed]
+            heard.append(segment)
+            yield segment
+        if waiting:
+            yield from self._read_again(samples, waiting, heard, length, options)
+
+    def _read_again(
+        self,
+        samples: np.ndarray,
+        stretches: list[tuple[int, int]],
+        heard: list[Segment],
+        length: float,
+        options: TranscriptionOptions,
+    ) -> Iterator[Segment]:
+        for start, end in _unheard(tuple(stretches), heard, length):
             begin = max(0, int((start - _REREAD_PAD) * SAMPLE_RATE))
             stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
             log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out",
                      start, end)  # fmt: skip
             result = self.transcriber.transcribe(samples[begin:stop], options)
-            found += [_moved(s, begin / SAMPLE_RATE) for s in result.segments]
-        found.sort(key=lambda s: s.start)
-        return found
+            yield from (_moved(s, begin / SAMPLE_RATE) for s in result.segments)
 
 
 def _unheard(
@@ -241,23 +263,39 @@ def _moved(segment: Segment, offset: float) -> Segment:
 
 def _in_order(
     reader: _PieceReader,
-    first: Callable[[], list[Segment]],
+    first: Iterator[Segment],
     pieces: Iterator[Piece],
     should_stop: Callable[[], bool],
     parallel: int,
 ) -> Iterator[Segment]:
     """The first piece's segments, then every later piece's in order, `parallel` pieces read
-    at once on threads of their own (which stop with the job: they share its cancel scope)."""
+    at once on threads of their own (which stop with the job: they share its cancel scope).
+    The piece at the head of the line is streamed as it is read; the others wait their turn."""
     cancelled = current_cancel_event()
+    family = object()  # the pieces read at once: their beam searches share batches
     pool: ThreadPoolExecutor | None = None
-    pending: collections.deque[Callable[[], tuple[TranscriptionInfo, list[Segment]]]]
-    pending = collections.deque()
+    pending: collections.deque[Iterator[Segment]] = collections.deque()
 
-    def read(piece: Piece) -> tuple[TranscriptionInfo, list[Segment]]:
-        if cancelled is None:
-            return reader.read(piece)
-        with cancel_scope(cancelled):
-            return reader.read(piece)
+    def read(piece: Piece, out: queue.SimpleQueue[object]) -> None:
+        try:
+            with contextlib.ExitStack() as scopes:
+                scopes.enter_context(siblings(family))
+                if cancelled is not None:
+                    scopes.enter_context(cancel_scope(cancelled))
+                for segment in reader.read(piece):
+                    out.put(segment)
+            out.put(_END)
+        except BaseException as exc:
+            out.put(exc)
+
+    def received(out: queue.SimpleQueue[object]) -> Iterator[Segment]:
+        while True:
+            item = out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # type: ignore[misc]
 
     def fill() -> None:
         """Start reading the next pieces, up to `parallel` of them (one: read when asked)."""
@@ -267,25 +305,35 @@ def _in_order(
             if piece is None:
                 return
             if parallel == 1:
-                pending.append(functools.partial(reader.read, piece))
+                pending.append(_deferred(reader, piece))
                 continue
             if pool is None:
                 pool = ThreadPoolExecutor(parallel, thread_name_prefix="harken-piece")
-            pending.append(pool.submit(read, piece).result)
+            out: queue.SimpleQueue[object] = queue.SimpleQueue()
+            pool.submit(read, piece, out)
+            pending.append(received(out))
 
     try:
-        yield from first()  # before the others start: the first text is not held back
+        yield from first  # before the others start: the first text is not held back
         fill()
         while pending:
             if should_stop():
                 log.info("transcription stopped: the job was cancelled")
                 return
-            _, segments = pending.popleft()()
+            segments = pending.popleft()
             fill()
             yield from segments
     finally:
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+_END = object()  # a piece's reading is over
+
+
+def _deferred(reader: _PieceReader, piece: Piece) -> Iterator[Segment]:
+    """A piece read on this thread once its turn comes."""
+    yield from reader.read(piece)
 
 
 def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:

@@ -1,16 +1,23 @@
-"""Where to cut long audio: pieces of at most ~30 s of speech, cut in pauses.
+"""Where to cut long audio: pieces of up to two minutes, cut in pauses.
 
-Whisper reads 30-second windows. Cutting a long recording into fixed windows splits words at
-the seams (and the model then drops or repeats them); cutting where nobody speaks does not.
-Silero VAD (bundled with faster-whisper) finds the speech; neighbouring stretches of speech are
-joined into pieces whose audio is at most `max_piece_seconds` long. A pause of up to
-`_MAX_GAP_SECONDS` inside a piece is read as it is; a longer one is shortened to
-`_KEPT_PAUSE_SECONDS` (besides the padding kept around speech): the model is not given long
-silences, where Whisper tends to invent text. So a piece reads one or more parts of the
-original audio, one after another, and fills its window with speech instead of ending at the
-first long pause (fewer windows to decode). The first stretch of speech is read alone,
-so that the first text of a stream is not held back. Each part's timestamps map back by adding
-its offset.
+Silero VAD (bundled with faster-whisper) finds the speech, in stretches of at most one 30 s
+window. The first stretch is a piece of its own, so that the first text of a stream is not
+held back. Later stretches are joined into pieces whose audio is at most `max_piece_seconds`
+long. The model reads a piece as it reads any audio: 30 s windows one after another, each
+carrying the previous window's text. Cutting between pieces only where nobody speaks means no
+word is split at a seam, and pieces of several windows keep what the raw engine gets right:
+
+- Whisper often leaves the last utterance of a window for the next (its text ends before the
+  audio). In a piece of one window that remainder costs a window of its own; in a longer piece
+  the next window starts there anyway. On the turn-taking recordings, pieces of at most 30 s
+  took 29 windows where the raw engine took 17; pieces of up to 120 s took 22, and lost fewer
+  words (WER 3.2% against 3.8%: the previous text helps).
+- A pause of up to `_MAX_GAP_SECONDS` inside a piece is read as it is; a longer one is
+  shortened to `_KEPT_PAUSE_SECONDS` (besides the padding kept around speech): the model is not
+  given long silences, where Whisper tends to invent text.
+
+So a piece reads one or more parts of the original audio, one after another. Each part's
+timestamps map back by adding its offset.
 
 Everything here works as a stream over the samples: the VAD runs block by block carrying its
 recurrent state, and each piece is yielded as soon as the audio after it shows where it ends.
@@ -37,6 +44,8 @@ _BLOCK_WINDOWS = 1875  # VAD block: 60 s of audio per ONNX call
 # keeping 1 s, 22 and 20 keeping 2 s: within a few words either way.
 _MAX_GAP_SECONDS = 3.0
 _KEPT_PAUSE_SECONDS = 2.0
+# Whisper's window: no stretch of speech (and so no first piece) is longer.
+_WINDOW_SECONDS = 30.0
 # Without VAD, audio is still read in windows this long so that memory stays bounded.
 _UNSEGMENTED_WINDOW_SECONDS = 600.0
 
@@ -49,7 +58,7 @@ class SegmentationOptions:
     threshold: float = 0.5  # Silero speech probability at or above which a window is speech
     min_silence_ms: int = 500  # a pause at least this long ends a stretch of speech
     speech_pad_ms: int = 200  # kept on each side of speech, so word edges are not clipped
-    max_piece_seconds: float = 30.0  # Whisper's window
+    max_piece_seconds: float = 120.0  # the longest piece read at once (four windows)
     # Audio up to this long is read whole (VAD only tells whether and where there is speech).
     min_audio_seconds: float = 30.0
     # Lift quiet stretches of speech to the level of the loudest one in a window (leveling.py).
@@ -127,11 +136,12 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
     max_piece = int(options.max_piece_seconds * SAMPLE_RATE)
     max_gap = int(_MAX_GAP_SECONDS * SAMPLE_RATE)
     kept_pause = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE)
-    # A stretch of speech never exceeds one piece once padded.
+    # A stretch of speech never exceeds one window (nor one piece) once padded.
+    longest = min(max_piece, int(_WINDOW_SECONDS * SAMPLE_RATE))
     speech = SpeechDetector(
         threshold=options.threshold,
         min_silence_samples=int(options.min_silence_ms * SAMPLE_RATE / 1000),
-        max_speech_samples=max_piece - _WINDOW - 2 * pad,
+        max_speech_samples=longest - _WINDOW - 2 * pad,
     )
     spans = _padded(speech.spans(audio), pad, total)
     # The first stretch of speech is a piece of its own, so that the first text of a stream

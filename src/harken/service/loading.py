@@ -16,7 +16,7 @@ def segmentation_from_settings(settings: Settings) -> SegmentationOptions:
         min_silence_ms=settings.vad_min_silence_ms,
         speech_pad_ms=settings.vad_speech_pad_ms,
         max_piece_seconds=settings.vad_max_piece_seconds,
-        min_audio_seconds=settings.vad_max_piece_seconds,
+        min_audio_seconds=min(30.0, settings.vad_max_piece_seconds),
         level=settings.level_speech,
     )
 
