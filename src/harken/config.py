@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -36,9 +36,47 @@ class ModelConfig(BaseModel):
     hub: str | None = Field(
         default=None, description="A hub repository id or faster-whisper size name (needs network)."
     )
-    backend: Literal["faster-whisper"] = "faster-whisper"
+    backend: Literal["faster-whisper", "upstream"] = "faster-whisper"
     compute_type: str | None = None
     beam_size: int | None = None
+
+    # --- a model served by a remote endpoint (`upstream = ...` implies backend "upstream")
+    upstream: str | None = Field(
+        default=None, description="Base URL of a remote recogniser, e.g. https://host/v1."
+    )
+    dialect: Literal["mimo-chat", "openai-chat", "openai-audio"] = "openai-audio"
+    upstream_model: str | None = Field(
+        default=None, description="The model name the upstream expects (default: this name)."
+    )
+    api_key_env: str | None = Field(
+        default=None, description="The environment variable holding the upstream's key."
+    )
+    connect_timeout_seconds: float = Field(default=10.0, gt=0.0)
+    timeout_seconds: float = Field(default=300.0, gt=0.0)  # one upstream call, all of it
+    concurrency: int = Field(default=4, ge=1)  # calls in flight to this upstream at once
+    retries: int = Field(default=3, ge=0)  # after 429, 5xx, timeouts, dropped connections
+    retry_backoff_seconds: float = Field(default=0.5, ge=0.0)  # first wait; doubles, jittered
+    max_retry_wait_seconds: float = Field(default=30.0, ge=0.0)  # a longer Retry-After fails
+    # One call's request body at most (None: MiMo's 10 MB, OpenAI's 25 MB) and the longest
+    # piece of audio one call carries; longer audio is cut at pauses into pieces.
+    max_body_mb: float | None = Field(default=None, ge=0.1)
+    max_piece_seconds: float = Field(default=30.0, ge=5.0)
+    # openai-audio: ask for verbose_json (segment times); false for upstreams with json only.
+    timestamps: bool = True
+    # Languages the upstream knows (ISO 639-1); None: every one harken knows.
+    languages: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _upstream_backend(self) -> ModelConfig:
+        if self.upstream is not None:
+            self.backend = "upstream"
+        elif self.backend == "upstream":
+            raise ValueError("backend 'upstream' needs `upstream = \"https://host/v1\"`")
+        return self
+
+    def upstream_api_key(self) -> str | None:
+        """The upstream's key, from the environment variable `api_key_env` (never the file)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 # Lists from the environment are comma-separated ("a,b"); a JSON list ("[...]") works too.

@@ -118,3 +118,27 @@ class ServerError(HarkenError):
     status = 500
     type = "server_error"
     code = None
+
+
+class UpstreamError(HarkenError):
+    """A remote model answered with an error or an answer harken can't read (after retries)."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+
+
+class UpstreamUnavailable(HarkenError):
+    """A remote model could not be reached, or stayed overloaded (after retries)."""
+
+    status = 503
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(HarkenError):
+    """A remote model did not answer in time (after retries)."""
+
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"

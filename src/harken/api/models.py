@@ -18,7 +18,7 @@ def _model_object(service: TranscriptionService, name: str) -> dict[str, Any]:
         "id": name,
         "object": "model",
         "created": service.started_at,
-        "owned_by": "harken",
+        "owned_by": service.catalog.owner(name),
     }
 
 

@@ -3,6 +3,8 @@ entry, and how long audio is cut. The engine itself knows only its own types."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from harken.catalog import ModelEntry
 from harken.config import Settings
 from harken.engine import SegmentationOptions, Transcriber
@@ -38,4 +40,35 @@ def load_transcriber(entry: ModelEntry, settings: Settings) -> Transcriber:
             batch_size=settings.batch_size,
             download_root=settings.home / "hub",
         )
+    if entry.backend == "upstream":
+        from harken.engine.upstream import UpstreamTranscriber
+        from harken.languages import LANGUAGE_NAMES
+        from harken.service.upstream import upstream_config
+
+        languages = entry.config.languages
+        return UpstreamTranscriber(
+            entry.name,
+            upstream_config(entry.name, entry.config),
+            language_names=LANGUAGE_NAMES,
+            languages=frozenset(languages) if languages is not None else None,
+            count_tokens=whisper_token_counter(),
+        )
     raise ValueError(f"unknown backend {entry.backend!r}")
+
+
+def whisper_token_counter() -> Callable[[str], int] | None:
+    """Counts tokens in multilingual Whisper's tokenizer (from the built-in model's package,
+    without assembling its weights), for the usage of models that have no tokenizer here."""
+    from tokenizers import Tokenizer
+
+    from harken.catalog import WeightsUnavailable, whisper_base_tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(whisper_base_tokenizer()))
+    except (WeightsUnavailable, OSError):
+        return None
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False).ids) if text else 0
+
+    return count

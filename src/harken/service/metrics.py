@@ -141,3 +141,45 @@ class _LiveCollector(Collector):
         yield batches
         yield busy
         yield busy_seconds
+        yield from _upstream_metrics(self._metrics._engines())
+
+
+def _upstream_metrics(engines: Mapping[str, Any]) -> Iterable[Metric]:
+    """Calls to remote models (engine/upstream.py) per model and upstream host."""
+    labels = ["model", "upstream"]
+    calls = CounterMetricFamily(
+        "harken_upstream_calls",
+        "Calls to upstream models by outcome: the HTTP status, timeout or connection.",
+        labels=[*labels, "outcome"],
+    )
+    latency = HistogramMetricFamily(
+        "harken_upstream_call_duration_seconds", "Time of one upstream call.", labels=labels
+    )
+    retries = CounterMetricFamily(
+        "harken_upstream_retries", "Upstream calls tried again.", labels=labels
+    )
+    failures = CounterMetricFamily(
+        "harken_upstream_failures",
+        "Upstream calls that failed for good, by kind: error, unavailable, timeout, rejected.",
+        labels=[*labels, "kind"],
+    )
+    for name, transcriber in engines.items():
+        stats = getattr(transcriber, "upstream_stats", None)
+        if stats is None:
+            continue
+        key = [name, stats.host]
+        for outcome, n in sorted(stats.calls.items()):
+            calls.add_metric([*key, outcome], n)
+        cumulative, buckets = 0, []
+        for bound, n in zip(stats.latency_bounds, stats.latency_counts, strict=True):
+            cumulative += n
+            buckets.append((str(bound), cumulative))
+        buckets.append(("+Inf", stats.latency_count))
+        latency.add_metric(key, buckets, stats.latency_sum)
+        retries.add_metric(key, stats.retries)
+        for kind, n in sorted(stats.failures.items()):
+            failures.add_metric([*key, kind], n)
+    yield calls
+    yield latency
+    yield retries
+    yield failures

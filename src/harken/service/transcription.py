@@ -35,6 +35,7 @@ from harken.formats import usage_seconds
 from harken.service.loading import load_transcriber, segmentation_from_settings
 from harken.service.memory import release_free_memory
 from harken.service.scheduler import JobStream, Scheduler
+from harken.service.upstream import upstream_errors, with_upstream_errors
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ class TranscriptionService:
     async def shutdown(self, grace: float = 30.0) -> None:
         await self.drain(grace)
         self.scheduler.shutdown()
+        for loaded in self._models.values():
+            close = getattr(loaded.transcriber, "close", None)  # an upstream's connections
+            if close is not None:
+                await asyncio.to_thread(close)
 
     # --- models
     async def model(self, name: str | None) -> LoadedModel:
@@ -193,10 +198,16 @@ class TranscriptionService:
             self.pieces_started += 1
 
         def start() -> tuple[TranscriptionInfo, Iterator[Segment]]:
-            result = transcribe_long(
-                model.transcriber, audio, options, should_stop=should_stop, on_piece=on_piece
-            )
-            return result.info, result.segments
+            # A model that cuts long audio its own way (an upstream, for its limits) does so.
+            read_long = getattr(model.transcriber, "transcribe_long", None)
+            if read_long is None:
+                result = transcribe_long(
+                    model.transcriber, audio, options, should_stop=should_stop, on_piece=on_piece
+                )
+                return result.info, result.segments
+            with upstream_errors():
+                result = read_long(audio, options, should_stop=should_stop, on_piece=on_piece)
+            return result.info, with_upstream_errors(result.segments)
 
         job = await self.scheduler.stream(start)
         jobs.append(job)
