@@ -109,8 +109,13 @@ def packaged_tiny_en(settings: Settings) -> Path:
     return path
 
 
-def _no_weights(settings: Settings) -> Path | str:
-    raise WeightsUnavailable("an upstream model has no weights here")
+def _upstream_location(config: ModelConfig) -> Callable[[Settings], Path | str]:
+    """An upstream model has no weights here: its location is the endpoint's URL."""
+
+    def locate(settings: Settings) -> Path | str:
+        return config.upstream or ""
+
+    return locate
 
 
 def _operator_source(config: ModelConfig) -> Callable[[Settings], Path | str]:
@@ -157,7 +162,7 @@ class Catalog:
                 self.entries[name] = ModelEntry(
                     name, f"upstream model at {urlsplit(config.upstream).netloc} "
                     f"({config.dialect}, {config.upstream_model or name})",
-                    "upstream", _no_weights, config,
+                    "upstream", _upstream_location(config), config,
                 )  # fmt: skip
             elif builtin is not None and config.path is None and config.hub is None:
                 # Tuning a built-in model (compute type, beam) without moving its weights.
