@@ -234,7 +234,7 @@ class UpstreamTranscriber:
         on_piece: Callable[[Piece], None] | None = None,
     ) -> Transcription:
         """Audio of any length: in one call if it fits, else in pieces cut at pauses, several
-        in flight at once. Returns once the first piece is answered (the language is known);
+        in flight at once (the first alone). Returns once the first piece is answered;
         the rest are read as the segments are consumed. A cancelled job (`should_stop`, or the
         cancel scope of the thread) cancels its calls in flight."""
         if options.task == "translate" and self.config.dialect != "openai-audio":
@@ -254,8 +254,8 @@ class UpstreamTranscriber:
         pending: collections.deque[tuple[Piece, concurrent.futures.Future[_Answer]]]
         pending = collections.deque()
 
-        def fill() -> None:
-            while len(pending) < self.parallel_windows and not stop():
+        def fill(parallel: int = self.parallel_windows) -> None:
+            while len(pending) < parallel and not stop():
                 piece = next(pieces, None)
                 if piece is None:
                     return
@@ -269,7 +269,7 @@ class UpstreamTranscriber:
                 future.cancel()
 
         try:
-            fill()
+            fill(1)  # the first piece alone, so that the first text is not held back
             if not pending:
                 language = options.language or "en"
                 info = TranscriptionInfo(language, 1.0 if options.language else 0.0, duration)
