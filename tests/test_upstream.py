@@ -208,6 +208,27 @@ def test_both_dialects_give_the_upstreams_own_text(
     assert result.text == direct
 
 
+@pytest.mark.parametrize(
+    ("model", "says"),
+    [("up-audio", "English-only"), ("up-mimo", "only transcribes")],
+    ids=["the-upstreams-refusal", "a-chat-dialect"],
+)
+def test_a_translation_the_upstream_cannot_do_is_a_400(
+    front: RunningServer, speech: dict[str, Clip], assert_error: Any, model: str, says: str
+) -> None:
+    """tiny.en upstream refuses to translate (its 400 and message come through); a chat
+    dialect has no way to ask for a translation at all."""
+    response = httpx.post(
+        f"{front.url}/v1/audio/translations",
+        files={"file": ("jfk.wav", speech["jfk_inaugural_1961"].bytes())},
+        data={"model": model},
+        headers={"Authorization": f"Bearer {FRONT_KEY}"},
+        timeout=60,
+    )
+    error = assert_error(response, 400, "invalid_request")
+    assert says in error["message"]
+
+
 def test_models_lists_the_upstream_models(front: RunningServer, upstream: RunningServer) -> None:
     import openai
 

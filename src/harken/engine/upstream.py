@@ -221,7 +221,9 @@ class UpstreamTranscriber:
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
         """One call for `audio` as it is, however long (no cutting)."""
         piece = Piece(0, int(audio.shape[0]))
-        answer = self._wait(self._on_loop(self._call(_pcm16(audio), options)), lambda: False)
+        cancelled = current_cancel_event()
+        call = self._on_loop(self._call(_pcm16(audio), options))
+        answer = self._wait(call, lambda: cancelled is not None and cancelled.is_set())
         info = self._info(answer, options, audio.shape[0] / SAMPLE_RATE)
         return Transcription(info=info, segments=iter(self._placed(answer, piece)))
 
