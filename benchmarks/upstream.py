@@ -5,7 +5,9 @@ models are served by that upstream (`[models.NAME] upstream = ...`, written to a
 
 - Overhead: short clips of the speech set, each sent directly to the upstream and through the
   front, alternately (so that both see the same load), in the MiMo chat dialect and in OpenAI's
-  audio dialect; median and mean latency, and the ratio front/direct (target: at most 1.05).
+  audio dialect; median and mean latency, and the ratio front/direct (target: at most 1.05);
+  the front's own CPU time per request (from /proc), and as a share of the direct latency,
+  which is the overhead that load on a shared machine does not blur.
 - Long audio: a recording of `--minutes` joined from the English clips, transcribed (openai-audio,
   verbose_json) four ways: directly in one call (the upstream's own long form); through the
   front in one call (body cap and window raised so it is not cut); through the front cut at
@@ -40,12 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.long_audio import SPEECH, english_clips, make_recording  # noqa: E402
+from benchmarks.long_audio import SPEECH, cpu_seconds, english_clips, make_recording  # noqa: E402
 from tests.conftest import free_port, wait_healthy  # noqa: E402
 
 
 @contextmanager
-def harken_serve(home: Path, env: dict[str, str], config: Path | None = None) -> Iterator[str]:
+def harken_serve(
+    home: Path, env: dict[str, str], config: Path | None = None
+) -> Iterator[tuple[str, int]]:
     port = free_port()
     command = [str(Path(sys.executable).with_name("harken")), "serve", "--port", str(port),
                "--log-level", "warning"]  # fmt: skip
@@ -55,7 +59,7 @@ def harken_serve(home: Path, env: dict[str, str], config: Path | None = None) ->
     url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, lambda: server.poll() is None, timeout=300)
-        yield url
+        yield url, server.pid
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -95,18 +99,24 @@ def audio(client: httpx.Client, url: str, model: str, data: bytes, name: str, **
     return response.text
 
 
-def overhead(upstream: str, front: str, model: str, rounds: int, clips: int) -> list[list[str]]:
+def overhead(
+    upstream: str, front: str, front_pid: int, model: str, rounds: int, clips: int
+) -> list[list[str]]:
+    """Latency direct and through the front, and the front's own CPU time per request (which
+    load on a shared machine does not inflate the way it does wall time)."""
     items = english_clips()[:clips]
     rows = []
     with httpx.Client(timeout=600) as client:
         for dialect, front_model in (("mimo-chat", "up-mimo"), ("openai-audio", "up-audio")):
             times: dict[str, list[float]] = {"direct": [], "front": []}
+            front_cpu = 0.0
             for round_ in range(rounds + 1):  # the first round warms both servers up
                 for item in items:
                     data = (SPEECH / item["path"]).read_bytes()
                     mime = "audio/flac" if item["path"].endswith(".flac") else "audio/wav"
                     order = [("direct", upstream, model), ("front", front, front_model)]
                     for way, url, name in order if round_ % 2 else order[::-1]:
+                        cpu = cpu_seconds(front_pid)
                         started = time.perf_counter()
                         if dialect == "mimo-chat":
                             chat(client, url, name, data, mime)
@@ -114,6 +124,8 @@ def overhead(upstream: str, front: str, model: str, rounds: int, clips: int) -> 
                             audio(client, url, name, data, Path(item["path"]).name)
                         if round_:
                             times[way].append(time.perf_counter() - started)
+                            if way == "front":
+                                front_cpu += cpu_seconds(front_pid) - cpu
             direct, through = times["direct"], times["front"]
             rows.append([
                 dialect, str(len(direct)),
@@ -121,6 +133,8 @@ def overhead(upstream: str, front: str, model: str, rounds: int, clips: int) -> 
                 f"{statistics.median(through) * 1000:.0f}",
                 f"{statistics.median(through) / statistics.median(direct):.3f}",
                 f"{statistics.mean(through) / statistics.mean(direct):.3f}",
+                f"{front_cpu / len(through) * 1000:.0f}",
+                f"{front_cpu / sum(direct):.3f}",
             ])  # fmt: skip
     return rows
 
@@ -186,19 +200,23 @@ def main() -> None:
         "HARKEN_MAX_PAYLOAD_MB": "500", "HARKEN_MAX_UPLOAD_MB": "500",
         "HARKEN_REQUEST_TIMEOUT_SECONDS": "0",
     }  # fmt: skip
-    with tempfile.TemporaryDirectory() as folder, harken_serve(home, upstream_env) as upstream:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        harken_serve(home, upstream_env) as (upstream, _),
+    ):
         config = Path(folder) / "front.toml"
         front_config(config, upstream, args.model)
         front_env = {
             "HARKEN_DEFAULT_MODEL": "up-audio", "HARKEN_PRELOAD": "up-audio",
             "HARKEN_MAX_UPLOAD_MB": "500", "HARKEN_REQUEST_TIMEOUT_SECONDS": "0",
         }  # fmt: skip
-        with harken_serve(home, front_env, config) as front:
+        with harken_serve(home, front_env, config) as (front, front_pid):
             print(f"upstream: {args.model} at {upstream}; front at {front}\n")
-            rows = overhead(upstream, front, args.model, args.rounds, args.clips)
+            rows = overhead(upstream, front, front_pid, args.model, args.rounds, args.clips)
             print("Per-request overhead, short clips (direct vs through the front, alternated)")
             header = ["dialect", "requests", "direct ms (median)", "front ms (median)",
-                      "ratio (median)", "ratio (mean)"]  # fmt: skip
+                      "ratio (median)", "ratio (mean)", "front CPU ms/request",
+                      "front CPU / direct wall"]  # fmt: skip
             print(table(header, rows) + "\n")
             rows = long_audio(upstream, front, args.model, args.minutes, args.repeats)
             print("A long recording: one call vs pieces cut at pauses (openai-audio)")
