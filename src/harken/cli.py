@@ -118,6 +118,14 @@ def serve(
         bool, typer.Option("--insecure-no-auth", help="Allow a non-loopback bind with no keys")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Run on Ray Serve: HARKEN_RAY_ADDRESS's cluster, or a local one (needs the "
+            "ray extra)",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP server."""
     from harken.api import create_app
@@ -151,11 +159,27 @@ def serve(
     except (WeightsUnavailable, ValueError) as exc:
         typer.echo(f"Cannot start: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if on_ray:
+        serve_on_ray(settings)
+        return
     # uvicorn re-raises the signal it stopped on once it has drained; with a handler of our own
     # that is a no-op, so a graceful SIGTERM exits 0 (what systemd and Kubernetes expect).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     application = create_app(settings)
     build_server(application, settings, log_level=log_level).run()
+
+
+def serve_on_ray(settings: Settings) -> None:
+    try:
+        from harken.api import ray_serve
+    except ImportError as exc:
+        typer.echo(f"--ray needs Ray Serve ({exc}): pip install 'harken[ray]'", err=True)
+        raise typer.Exit(1) from exc
+    try:
+        ray_serve.serve_on_ray(settings)
+    except ValueError as exc:
+        typer.echo(f"Cannot start on Ray: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @app.command()

@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     # glibc keeps memory freed by model calls for the next one; given back after 10 s idle.
     reuse_memory: bool = True
 
+    # --- Ray Serve (`harken serve --ray`, the `ray` extra; README "More than one machine")
+    ray_address: str | None = None  # a running cluster ("auto", "ray://head:10001"); unset: local
+    ray_replicas: int = Field(default=1, ge=1)  # a fixed count, unless min/max replicas are set
+    ray_min_replicas: int | None = Field(default=None, ge=0)  # autoscaling on ongoing requests
+    ray_max_replicas: int | None = Field(default=None, ge=1)
+    ray_cpus_per_replica: int = Field(default=1, ge=1)  # = CTranslate2 threads per replica
+    # Other keys of Ray's autoscaling_config (e.g. upscale_delay_s, downscale_delay_s).
+    ray_autoscaling: dict[str, float] = Field(default_factory=dict)
+
     @field_validator("*", mode="before")
     @classmethod
     def _split_commas(cls, value: Any, info: Any) -> Any:
