@@ -35,10 +35,16 @@ log = logging.getLogger(__name__)
 
 APP_NAME = "harken"
 REPLICA_HEADER = "x-harken-replica"
-# Ray's proxy loads its middleware from this import path, set in the controller's environment
-# (the proxies inherit it): Ray's own refusals then come in the contract's error body.
-PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
-PROXY_CALLBACK = "harken.api.ray_proxy:proxy_middlewares"
+# The environment of Serve's controller, which its proxies inherit (Ray reads both at start):
+PROXY_ENV = {
+    # The proxy's middleware: Ray's own refusals in the contract's error body (api/ray_proxy).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "harken.api.ray_proxy:proxy_middlewares",
+    # A proxy sends every request to a replica on its own node until that one is full, and a
+    # harken replica takes its whole queue: the other nodes would idle. Route by queue length
+    # over all replicas instead (an upload is small beside the CPU time it costs).
+    "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
+}
+CONTROLLER_OPTIONS = {"runtime_env": {"env_vars": PROXY_ENV}}
 # Requests a replica takes beyond its decode slots and queue: /health, /metrics, /v1/models and
 # the refusals themselves, so that harken (not Ray) is the one that answers "full" with a 429.
 _LIGHT_REQUESTS = 16
@@ -155,7 +161,7 @@ def serve_on_ray(settings: Settings) -> None:
     try:
         serve.start(
             http_options={"host": settings.host, "port": settings.port},
-            controller_options={"runtime_env": {"env_vars": {PROXY_CALLBACK_ENV: PROXY_CALLBACK}}},
+            controller_options=CONTROLLER_OPTIONS,
         )
         serve.run(harken_application(settings), name=APP_NAME, route_prefix="/")
         log.info("harken on Ray Serve: http://%s:%d", settings.host, settings.port)
