@@ -47,9 +47,10 @@ CLIPS = ["jfk_inaugural_1961", "ls_1089-134686-0001", "sphinx_goforward", "ls_37
 
 
 def ray_settings(home: Path, **values: Any) -> Settings:
+    values = {"max_upload_mb": 2.0, "max_queue": 2, **values}
     return Settings(
         home=home, api_keys=[KEY], default_model=TINY, preload=[TINY],
-        aliases={"mimo-v2.5-asr": TINY}, max_upload_mb=2.0, max_queue=2, **values,
+        aliases={"mimo-v2.5-asr": TINY}, **values,
     )  # fmt: skip
 
 
@@ -235,7 +236,7 @@ def test_an_overloaded_cluster_answers_429_with_retry_after(proxy, speech, asser
 # --- a replica killed under a request
 def test_a_killed_replica_ends_its_requests_cleanly_and_is_replaced(proxy, speech, assert_error):
     clip = decode_audio(speech["jfk_inaugural_1961"].bytes())
-    long_clip = wav_bytes(np.concatenate([clip] * 6))  # 66 s: several segments, streamed
+    long_clip = wav_bytes(np.concatenate([clip] * 5))  # 55 s: several segments, streamed
     with httpx.stream(
         "POST", f"{proxy}/v1/audio/transcriptions", headers=AUTH, timeout=300,
         files={"file": ("long.wav", long_clip)}, data={"model": TINY, "stream": "true"},
@@ -271,7 +272,7 @@ def test_a_killed_replica_ends_its_requests_cleanly_and_is_replaced(proxy, speec
 # --- autoscaling on ongoing requests: one replica, two under load, one again
 def test_autoscaling_from_one_replica_to_two_and_back(cluster, proxy, harken_home, speech):
     settings = ray_settings(
-        harken_home, ray_min_replicas=1, ray_max_replicas=2,
+        harken_home, ray_min_replicas=1, ray_max_replicas=2, max_queue=64,
         ray_autoscaling={"upscale_delay_s": 1, "downscale_delay_s": 3,
                          "metrics_interval_s": 0.5, "look_back_period_s": 2},
     )  # fmt: skip
