@@ -8,6 +8,7 @@ killed under a request; autoscaling from one replica to two and back.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import json
@@ -28,6 +29,7 @@ ray = pytest.importorskip(
 from ray import serve  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from harken.api.ray_proxy import ContractErrorsMiddleware  # noqa: E402
 from harken.api.ray_serve import (  # noqa: E402
     APP_NAME,
     CONTROLLER_OPTIONS,
@@ -325,3 +327,73 @@ def test_min_and_max_replicas_become_ray_autoscaling(tmp_path):
     assert autoscaling["downscale_delay_s"] == 30
     with pytest.raises(ValueError, match="ray_max_replicas"):
         deployment_options(Settings(home=tmp_path, ray_min_replicas=3, ray_max_replicas=2))
+
+
+# --- Ray's own answers, as its proxy sends them, through harken's proxy middleware
+def through_proxy_middleware(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    async def collect(message: Any) -> None:
+        sent.append(message)
+
+    app = ContractErrorsMiddleware(inner)
+    asyncio.run(app({"type": "http", "headers": []}, None, collect))
+    return sent
+
+
+def as_response(messages: list[dict[str, Any]]) -> tuple[int, dict[str, str], Any]:
+    start, *bodies = messages
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], headers, json.loads(b"".join(b["body"] for b in bodies))
+
+
+def test_rays_backpressure_becomes_a_429_with_retry_after():
+    from ray.serve._private.http_util import (
+        get_http_response_status,
+        send_http_response_on_exception,
+    )
+    from ray.serve.exceptions import BackPressureError
+
+    full = BackPressureError(num_queued_requests=2, max_queued_requests=2, retry_after_s=3)
+    ray_says = send_http_response_on_exception(get_http_response_status(full, None, "id"), False)
+    status, headers, body = as_response(through_proxy_middleware(ray_says))
+    assert status == 429 and headers["retry-after"] == "3"
+    assert body["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_request_ray_dropped_without_an_answer_becomes_a_503():
+    status, _, body = as_response(through_proxy_middleware([]))
+    assert status == 503 and body["error"]["code"] == "overloaded"
+    assert "retry" in body["error"]["message"]
+
+
+def test_harkens_own_answers_pass_through_the_proxy_middleware():
+    own = [
+        {"type": "http.response.start", "status": 503,
+         "headers": [(b"content-type", b"application/json")]},
+        {"type": "http.response.body", "body": b'{"error": {"code": "overloaded"}}'},
+    ]  # fmt: skip
+    assert through_proxy_middleware(own) == own
+
+
+# --- the Serve config in deploy/
+def test_the_serve_config_builds_the_deployment_harken_serve_ray_does(harken_home):
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "ray-serve.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert config.controller_options.runtime_env == CONTROLLER_OPTIONS["runtime_env"]
+    (app,) = config.applications
+    module, name = app.import_path.split(":")
+    builder = getattr(importlib.import_module(module), name)
+    args = {**app.args, "home": str(harken_home)}
+    application = builder(args)
+    options = deployment_options(Settings(**args))
+    assert application._bound_deployment.num_replicas == options["num_replicas"] == 2

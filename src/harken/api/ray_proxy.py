@@ -78,6 +78,11 @@ class ContractErrorsMiddleware:
                     return
                 started = True
                 streaming = content_type.startswith("text/event-stream")
+                # Ray's proxy adds the X-Request-ID that harken's replica already sent.
+                message = {
+                    **message,
+                    "headers": list(dict.fromkeys(map(tuple, message["headers"]))),
+                }
             elif message["type"] == "http.response.body" and held is not None:
                 if message.get("more_body", False):
                     return

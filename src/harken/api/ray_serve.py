@@ -145,7 +145,8 @@ class HarkenReplica:
 def harken_application(settings: Settings) -> Application:
     """The Serve application for `settings`: the replica class with Ray's options bound."""
     values = replica_settings(settings).model_dump(mode="json")
-    return HarkenReplica.options(**deployment_options(settings)).bind(values)
+    # serve.deployment turns the class into a Deployment; its stubs do not say so.
+    return HarkenReplica.options(**deployment_options(settings)).bind(values)  # type: ignore[attr-defined]
 
 
 def build_app(args: dict[str, Any]) -> Application:
