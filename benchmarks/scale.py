@@ -6,7 +6,8 @@ tests/test_ray_serve.py) runs the replicas; every request goes through Ray's HTT
 plain server gets the settings a one-core replica gets (`replica_settings`: one CTranslate2
 thread, one worker). Neither is pinned to a core: Ray's `num_cpus` is a reservation, not a
 pinning, so the plain server is left the same freedom. Prints throughput (audio seconds per
-wall second), p50/p95 latency, errors, 429s, WER, and the ratios the issue asks for: two
+wall second), p50/p95 latency, errors, 429s, WER, the cores the server kept busy (replicas
+and Ray's proxy) and the audio done per CPU second, and the ratios the issue asks for: two
 replicas over one (near-linear: ≥ 1.8), and one replica over the plain server (the proxy's cost:
 ≥ 0.9); plus the cluster's start-up time and each replica's peak RSS.
 
@@ -36,8 +37,8 @@ from conftest import free_port, wait_healthy  # noqa: E402
 from load import Server, percentile, pick_clips, run_level  # noqa: E402
 
 
-def replica_pids() -> list[int]:
-    """The local cluster's harken replica processes (their titles name the deployment)."""
+def ray_pids(title_prefix: bytes) -> list[int]:
+    """The local cluster's processes whose titles start so (Ray names them by their actor)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -45,7 +46,7 @@ def replica_pids() -> list[int]:
                 title = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if title.startswith(b"ray::ServeReplica:harken"):
+            if title.startswith(title_prefix):
                 pids.append(int(entry.name))
     return pids
 
@@ -67,13 +68,15 @@ class RayDeployment:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.pids = replica_pids()
+        self.replicas = ray_pids(b"ray::ServeReplica:harken")
+        self.proxies = ray_pids(b"ray::ProxyActor")
 
     def cpu_seconds(self) -> float:
-        return sum(proc_cpu_seconds(pid) for pid in self.pids)
+        """The replicas' CPU time and the proxy's: what serving through Ray costs."""
+        return sum(proc_cpu_seconds(pid) for pid in self.replicas + self.proxies)
 
     def peak_rss_mb(self) -> float:
-        return max(proc_status(pid, "VmHWM") for pid in self.pids)
+        return max(proc_status(pid, "VmHWM") for pid in self.replicas)
 
 
 def main() -> None:
@@ -162,9 +165,13 @@ def main() -> None:
     def tput(r: dict[str, Any]) -> float:
         return float(r["audio"] / r["wall"])
 
+    def per_cpu(r: dict[str, Any]) -> float:
+        """Audio seconds per CPU second used: the cost, whatever share of the cores others left."""
+        return tput(r) / r["busy"]
+
     header = (
         "| configuration | clients | requests | throughput (audio-s/s) | p50 s | p95 s "
-        "| errors | 429s | WER | cores busy | peak RSS MB (per replica) |"
+        "| errors | 429s | WER | cores busy | audio-s per CPU-s | peak RSS MB (per replica) |"
     )
     print()
     print(header)
@@ -174,13 +181,15 @@ def main() -> None:
             f"| {label} | {r['clients']} | {r['requests']} | {tput(r):.2f} "
             f"| {percentile(r['latencies'], 0.5):.2f} | {percentile(r['latencies'], 0.95):.2f} "
             f"| {r['errors']} | {r['rejected']} | {r['wer']:.3f} | {r['busy']:.2f} "
-            f"| {r['rss']:.0f} |"
+            f"| {per_cpu(r):.2f} | {r['rss']:.0f} |"
         )
     plain, one, two = (r for _, r in results)
     print()
     print(f"2 replicas / 1 replica: {tput(two) / tput(one):.2f} (target ≥ 1.8)")
     print(f"1 replica / plain harken serve (Ray's proxy cost): {tput(one) / tput(plain):.2f}"
           " (target ≥ 0.90)")  # fmt: skip
+    print(f"the same per CPU second (proxy included): {per_cpu(one) / per_cpu(plain):.2f}")
+    print(f"cores busy, 2 replicas / 1 replica: {two['busy'] / one['busy']:.2f}")
     for what, seconds in startup.items():
         print(f"start-up, {what}: {seconds:.1f} s")
 
