@@ -12,7 +12,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,7 +44,7 @@ from harken.api.ray_serve import (  # noqa: E402
 )
 from harken.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from harken.config import Settings  # noqa: E402
-from tests.conftest import free_port, wav_bytes  # noqa: E402
+from tests.conftest import free_port, wait_healthy, wav_bytes  # noqa: E402
 
 TINY = "whisper-tiny.en"
 KEY = "sk-test-one"  # one of keyed_server's keys: the plain server the replicas are compared to
@@ -298,6 +302,28 @@ def test_autoscaling_from_one_replica_to_two_and_back(cluster, proxy, harken_hom
             loading = False
         assert all(c.result() > 0 for c in clients)
     wait_for(lambda: running_replicas() == 1, 120, "scaled back to one when idle")
+
+
+# --- harken serve --ray, on the running cluster
+def test_harken_serve_ray_deploys_on_a_running_cluster_and_removes_itself(cluster, harken_home):
+    serve.delete(APP_NAME)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARKEN_")}
+    env.update(
+        HARKEN_RAY_ADDRESS=ray.get_runtime_context().gcs_address, HARKEN_HOME=str(harken_home),
+        HARKEN_DEFAULT_MODEL=TINY, HARKEN_PRELOAD=TINY, HARKEN_API_KEYS=KEY,
+    )  # fmt: skip
+    command = [sys.executable, "-m", "harken", "serve", "--ray", "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env)
+    try:
+        wait_healthy(cluster, lambda: process.poll() is None, timeout=180)
+        response = httpx.get(f"{cluster}/v1/models", headers=AUTH, timeout=30)
+        assert response.status_code == 200 and response.headers[REPLICA_HEADER]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert APP_NAME not in serve.status().applications
 
 
 # --- the mapping from harken's settings to Ray's options (no cluster needed)

@@ -180,6 +180,13 @@ def serve_on_ray(settings: Settings) -> None:
     except ValueError as exc:
         typer.echo(f"Cannot start on Ray: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except ConnectionError as exc:
+        typer.echo(
+            f"Cannot reach the Ray cluster at {settings.ray_address}: {exc} (is it running, and "
+            "does this machine have its token? README: More than one machine)",
+            err=True,
+        )
+        raise typer.Exit(1) from exc
 
 
 @app.command()
