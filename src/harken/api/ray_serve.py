@@ -158,6 +158,17 @@ def build_app(args: dict[str, Any]) -> Application:
 def serve_on_ray(settings: Settings) -> None:
     """`harken serve --ray`: deploy on `ray_address` (or a new local cluster) and wait for a
     signal; the application goes away with the command (a local cluster too)."""
+    stop = threading.Event()
+
+    def stop_once(signum: int, frame: Any) -> None:
+        # The first signal (even during deployment) removes the application; a second one
+        # stops at once.
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.default_int_handler)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_once)
     ray.init(address=settings.ray_address, logging_level=logging.WARNING)
     try:
         serve.start(
@@ -166,9 +177,6 @@ def serve_on_ray(settings: Settings) -> None:
         )
         serve.run(harken_application(settings), name=APP_NAME, route_prefix="/")
         log.info("harken on Ray Serve: http://%s:%d", settings.host, settings.port)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda signum, frame: stop.set())
         stop.wait()
         log.info("removing the harken application from the cluster")
         serve.delete(APP_NAME)
