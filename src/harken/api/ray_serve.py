@@ -2,8 +2,8 @@
 
 Each replica is one `create_app(settings)`: its own models, scheduler and batcher, on
 `ray_cpus_per_replica` cores that CTranslate2's threads match exactly (Ray reserves the cores;
-harken must not start more threads than that). Ray's proxy routes each request to the replica
-with the fewest ongoing requests, autoscales on that count, and replaces a replica whose process
+harken must not start more threads than that). Ray's proxy sends each request to the less busy
+of two replicas it samples, autoscales on ongoing requests, and replaces a replica whose process
 dies. Three ways in, one deployment:
 
 - `harken serve --ray` (`serve_on_ray`): connects to `ray_address` or starts a local cluster;
