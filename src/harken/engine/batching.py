@@ -41,11 +41,6 @@ import numpy as np
 # short enough that a lone request never notices.
 LINGER_SECONDS = 0.004
 
-# The longest a window's beam search waits for its siblings' encoder passes (see `siblings`).
-# An encoder pass of whisper-base over 30 s takes a few tenths of a second on 2 cores; a larger
-# model's longer pass just gives up the wait.
-SIBLING_WAIT_SECONDS = 1.0
-
 
 class Cancelled(Exception):
     """The job this thread works for was cancelled; raised instead of starting more work."""
@@ -66,20 +61,6 @@ def cancel_scope(cancelled: threading.Event) -> Iterator[None]:
         _local.cancelled = previous
 
 
-@contextlib.contextmanager
-def siblings(family: object) -> Iterator[None]:
-    """Model calls made by this thread inside the block belong to `family`: windows of one
-    recording read at once on several threads. A sibling's beam search waits (a bounded time)
-    while another sibling's encoder pass is queued or running, so their searches share one
-    batch instead of each running alone a moment after the other."""
-    previous = getattr(_local, "family", None)
-    _local.family = family
-    try:
-        yield
-    finally:
-        _local.family = previous
-
-
 def current_cancel_event() -> threading.Event | None:
     """The event that cancels this thread's model calls (see `cancel_scope`), for handing the
     same scope to helper threads that work for the same job."""
@@ -97,7 +78,6 @@ class _Call:
     key: tuple[Any, ...]
     payload: Any
     caller: int
-    family: object | None = None
     submitted: float = field(default_factory=time.monotonic)
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -134,7 +114,6 @@ class BatchingWhisper:
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._pending: list[_Call] = []
-        self._running: list[_Call] = []
         self._expected = 0  # callers served by the last batch, likely to call again soon
         self._closed = False
         self._threads = [
@@ -175,7 +154,7 @@ class BatchingWhisper:
     # --- the callers' side
     def _submit(self, key: tuple[Any, ...], payload: Any) -> Any:
         _check_cancelled()
-        call = _Call(key, payload, threading.get_ident(), getattr(_local, "family", None))
+        call = _Call(key, payload, threading.get_ident())
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model has been unloaded")
@@ -193,16 +172,12 @@ class BatchingWhisper:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                self._running += batch
                 self.stats.busy += 1
             started = time.monotonic()
             try:
                 self._run(batch)
             finally:
                 with self._cond:
-                    served = {id(c) for c in batch}
-                    self._running = [c for c in self._running if id(c) not in served]
-                    self._cond.notify_all()
                     self.stats.busy -= 1
                     self.stats.busy_seconds += time.monotonic() - started
                     self._expected = max(self._expected, len({c.caller for c in batch}))
@@ -211,8 +186,7 @@ class BatchingWhisper:
 
     def _next_batch(self) -> list[_Call] | None:
         """Called with the lock held: wait for work, linger briefly for returning callers,
-        then take the oldest call that need not wait for its siblings, and every pending call
-        that can share its batch."""
+        then take the oldest call and every pending call that can share its batch."""
         while True:
             while not self._pending:
                 if self._closed:
@@ -225,37 +199,14 @@ class BatchingWhisper:
                     break
                 self._cond.wait(remaining)
             self._expected = 0
-            first, wait = self._first_ready()
-            if first is not None:
+            if self._pending:  # another executor may have taken them while this one lingered
                 break
-            if wait is not None:  # every pending call waits for a sibling's encoder pass
-                self._cond.wait(wait)
+        first = self._pending[0]
         limit = self.max_encode_batch if first.key[0] == "encode" else self.max_batch
         batch = [c for c in self._pending if c.key == first.key][:limit]
         taken = {id(c) for c in batch}
         self._pending = [c for c in self._pending if id(c) not in taken]
         return batch
-
-    def _first_ready(self) -> tuple[_Call | None, float | None]:
-        """The oldest pending call that need not wait, or else how long until one need not.
-        A beam search waits while a sibling's encoder pass is queued or running (at most
-        `SIBLING_WAIT_SECONDS`): the sibling's search will join its batch."""
-        encoding = {
-            id(c.family)
-            for c in (*self._pending, *self._running)
-            if c.family is not None and c.key[0] == "encode"
-        }
-        now = time.monotonic()
-        soonest: float | None = None
-        for call in self._pending:
-            if call.key[0] != "generate" or id(call.family) not in encoding:
-                return call, None
-            waited = now - call.submitted
-            if waited >= SIBLING_WAIT_SECONDS:
-                return call, None
-            left = SIBLING_WAIT_SECONDS - waited
-            soonest = left if soonest is None else min(soonest, left)
-        return None, soonest
 
     def _run(self, batch: list[_Call]) -> None:
         kind = batch[0].key[0]

@@ -19,9 +19,13 @@ What reading a piece involves, and why:
 
 Pieces are independent of each other (each is decoded with only the caller's prompt: the
 previous pieces' text as prompt measured worse), so several pieces of one recording are read at
-once (`Transcriber.parallel_windows`); their windows meet in the engine's batcher and share
-model calls. The first piece is read alone, so that the first text (and the language) comes
-after one stretch of speech; the others keep the same order in the stream.
+once (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file.
+Their windows rarely share a beam search (each carries its own previous text, and CTranslate2
+batches only prompts of one length; holding a window back for its siblings, or cutting the
+previous text to one length, measured slower), but one piece's encoder pass runs beside
+another's beam search. The first piece is read alone, so that the first text (and the language)
+comes after one stretch of speech; the others keep the same order in the stream, and the piece
+at the head of the line is streamed as it is read.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from harken.engine.batching import cancel_scope, current_cancel_event, siblings
+from harken.engine.batching import cancel_scope, current_cancel_event
 from harken.engine.leveling import level_speech
 from harken.engine.script import convert_segment, converts
 from harken.engine.segmentation import (
@@ -272,16 +276,12 @@ def _in_order(
     at once on threads of their own (which stop with the job: they share its cancel scope).
     The piece at the head of the line is streamed as it is read; the others wait their turn."""
     cancelled = current_cancel_event()
-    family = object()  # the pieces read at once: their beam searches share batches
     pool: ThreadPoolExecutor | None = None
     pending: collections.deque[Iterator[Segment]] = collections.deque()
 
     def read(piece: Piece, out: queue.SimpleQueue[object]) -> None:
         try:
-            with contextlib.ExitStack() as scopes:
-                scopes.enter_context(siblings(family))
-                if cancelled is not None:
-                    scopes.enter_context(cancel_scope(cancelled))
+            with cancel_scope(cancelled) if cancelled is not None else contextlib.nullcontext():
                 for segment in reader.read(piece):
                     out.put(segment)
             out.put(_END)
