@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     # (as the model wrote it); requests may override it.
     chinese_script: Literal["simplified", "traditional", "original"] = "simplified"
 
+    # --- live transcription (/v1/realtime): sessions open at once (past it: an error and close
+    # code 1008), the longest wait for a client event, a session's longest life, the largest
+    # client event (an `input_audio_buffer.append` with its base64 audio).
+    realtime_max_sessions: int = Field(default=16, ge=0)
+    realtime_idle_timeout_seconds: float = Field(default=60.0, gt=0.0)
+    realtime_max_session_seconds: float = Field(default=3600.0, gt=0.0)
+    realtime_max_event_mb: float = Field(default=15.0, gt=0.0)
+    # A short-lived token from POST /v1/realtime/client_secrets is valid this long by default.
+    realtime_client_secret_seconds: int = Field(default=600, ge=10, le=7200)
+
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
     workers: int = Field(default=2, ge=1)  # model workers; each runs one (batched) call at a time
     threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (0: every core) per worker
@@ -209,6 +219,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def realtime_max_event_bytes(self) -> int:
+        return int(self.realtime_max_event_mb * 1024 * 1024)
 
     def all_api_keys(self) -> list[str]:
         """Keys from `api_keys` plus one key a line from `api_keys_file` (# starts a comment)."""

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from harken import __version__
-from harken.api import audio, chat, docs, health, models, web
+from harken.api import audio, chat, docs, health, models, realtime, web
 from harken.api.auth import ApiKeyMiddleware, ApiKeys
 from harken.api.errors import install_error_handlers
 from harken.api.limits import BodyLimitMiddleware
@@ -87,4 +87,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.docs:
         app.include_router(docs.router)
     app.include_router(audio.router)
+    app.include_router(realtime.router)
     return app

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # The largest request line plus headers h11 buffers before refusing (its default, 16 KiB).
 MAX_HEAD_BYTES = 16 * 1024
+# A WebSocket message this much over the largest event the app takes is refused by uvicorn.
+_WS_SLACK = 1024 * 1024
 # How long a connection over the cap may take to send the request it gets a 503 for.
 _OVER_CAPACITY_GRACE = 2.0
 
@@ -290,6 +292,10 @@ def server_config(app: FastAPI, settings: Settings, *, log_level: str = "info") 
         port=settings.port,
         http=LimitedH11Protocol.with_limits(ConnectionLimits.from_settings(settings)),
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # Live transcription (api/realtime.py): an event over the app's limit still arrives, to
+        # be answered with an `error` event; far over it, the socket closes (code 1009).
+        ws="websockets-sansio",
+        ws_max_size=settings.realtime_max_event_bytes + _WS_SLACK,
         timeout_keep_alive=settings.keep_alive_timeout_seconds,
         access_log=False,  # it prints query strings; harken.access logs each request instead
         log_level=log_level.lower(),

@@ -190,23 +190,11 @@ class SpeechDetector:
 
     def probabilities(self, audio: np.ndarray) -> Iterator[np.ndarray]:
         """Speech probability of each 512-sample window, a block of windows at a time."""
-        from faster_whisper.vad import get_vad_model
-
-        session = get_vad_model().session
-        h = np.zeros((1, 1, 128), dtype=np.float32)
-        c = np.zeros((1, 1, 128), dtype=np.float32)
-        context = np.zeros(_CONTEXT, dtype=np.float32)
+        stream = SpeechProbabilities()
         block = _BLOCK_WINDOWS * _WINDOW
         for begin in range(0, int(audio.shape[0]), block):
-            samples = as_float32(audio[begin : begin + block])
-            if samples.shape[0] % _WINDOW:
-                samples = np.pad(samples, (0, _WINDOW - samples.shape[0] % _WINDOW))
-            windows = samples.reshape(-1, _WINDOW)
-            contexts = np.concatenate([context[None, :], windows[:-1, -_CONTEXT:]])
-            batch = np.concatenate([contexts, windows], axis=1)
-            out, h, c = session.run(None, {"input": batch, "h": h, "c": c})
-            context = windows[-1, -_CONTEXT:].copy()
-            yield np.asarray(out, dtype=np.float32).reshape(-1)
+            yield stream.feed(audio[begin : begin + block])
+        yield stream.flush()
 
     def spans(self, audio: np.ndarray) -> Iterator[tuple[int, int]]:
         """Unpadded stretches of speech as (start, end) samples, each yielded once it ends."""
@@ -254,6 +242,50 @@ class SpeechDetector:
                     triggered = False
         if triggered and total - start > self.min_speech_samples:
             yield start, total
+
+
+class SpeechProbabilities:
+    """Silero VAD over audio that arrives in pieces (a file block by block, or a live stream):
+    the speech probability of each 512-sample window (32 ms) once the window is complete, with
+    the recurrent state and the 64-sample context carried from one piece to the next."""
+
+    WINDOW = _WINDOW
+
+    def __init__(self) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self._session = get_vad_model().session
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """The probabilities of the windows `samples` completes (16 kHz, int16 or float32)."""
+        pending = np.concatenate([self._pending, as_float32(samples)])
+        complete = pending.shape[0] // _WINDOW * _WINDOW
+        self._pending = pending[complete:]
+        return self._run(pending[:complete])
+
+    def flush(self) -> np.ndarray:
+        """The probability of the last, incomplete window (padded with silence), if any."""
+        if not self._pending.shape[0]:
+            return np.zeros(0, dtype=np.float32)
+        last = np.pad(self._pending, (0, _WINDOW - self._pending.shape[0]))
+        self._pending = np.zeros(0, dtype=np.float32)
+        return self._run(last)
+
+    def _run(self, samples: np.ndarray) -> np.ndarray:
+        if not samples.shape[0]:
+            return np.zeros(0, dtype=np.float32)
+        windows = samples.reshape(-1, _WINDOW)
+        contexts = np.concatenate([self._context[None, :], windows[:-1, -_CONTEXT:]])
+        batch = np.concatenate([contexts, windows], axis=1)
+        out, self._h, self._c = self._session.run(
+            None, {"input": batch, "h": self._h, "c": self._c}
+        )
+        self._context = windows[-1, -_CONTEXT:].copy()
+        return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
 def _padded(spans: Iterable[tuple[int, int]], pad: int, total: int) -> Iterator[tuple[int, int]]:

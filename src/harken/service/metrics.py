@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -69,6 +70,20 @@ class Metrics:
             "harken_real_time_factor",
             "Processing seconds per second of audio, per job (lower is faster).",
             buckets=RTF_BUCKETS, registry=r,
+        )  # fmt: skip
+        # Live transcription (/v1/realtime): a session ends with the reason it ended.
+        self.realtime_sessions_active = Gauge(
+            "harken_realtime_sessions_active", "Live transcription sessions open now.",
+            registry=r,
+        )  # fmt: skip
+        self.realtime_sessions_started = Counter(
+            "harken_realtime_sessions_started", "Live transcription sessions opened.", registry=r
+        )
+        self.realtime_sessions_ended = Counter(
+            "harken_realtime_sessions_ended",
+            "Live transcription sessions closed, by reason: client_closed, client_gone, "
+            "idle_timeout, session_too_long, too_many_sessions, shutdown, error.",
+            ["reason"], registry=r,
         )  # fmt: skip
         self._scheduler: _SchedulerView | None = None
         self._engines: Callable[[], Mapping[str, Any]] = dict

@@ -1,0 +1,590 @@
+"""Live transcription: one session's audio, its turn detection and its incremental decoder.
+
+Audio arrives in pieces. With server VAD (Silero, as for long files) the session finds where
+speech starts and stops; an utterance is the speech between, with `prefix_padding_ms` of audio
+before it. While the person speaks, the growing utterance is decoded again at a bounded rate
+(a partial decode), and words are sent only once two decodes in a row agree on them
+(LocalAgreement): what is sent is never taken back, so deltas only ever append. When speech
+stops, the utterance is decoded once more with the sent words as the forced start of the text
+(Whisper's prefix), so the final transcript always begins with what was sent.
+
+Partial decodes are a luxury: skipped while the server has a queue, while the session waits for
+a final, and never more than `partial slots` at once server-wide. Finals are never skipped; they
+run in order, one utterance at a time per session, through the same scheduler and batcher as
+file requests. An utterance is cut at its quietest moment before Whisper's 30-second window is
+full, so its cost stays bounded and lag does not grow over a long session.
+
+Without turn detection the client commits the buffer itself; the buffer is then transcribed
+as a file is (long audio cut at pauses), its text sent as deltas as it is decoded.
+
+The session speaks no dialect: it puts dialect-free events on `events`; `api/realtime.py`
+turns them into the Realtime API's shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from harken.audio_stream import Encoding, StreamDecoder
+from harken.engine import SAMPLE_RATE, TranscriptionOptions
+from harken.engine.batching import Cancelled, cancel_scope
+from harken.engine.segmentation import SpeechProbabilities, as_float32
+from harken.errors import HarkenError, InvalidRequest, RateLimited, ServerError
+from harken.service.transcription import LoadedModel, TranscriptionService
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_WINDOW = SpeechProbabilities.WINDOW
+# Partial decodes: the first once this much of the utterance is in (its prefix padding
+# included), then after each further `_PARTIAL_STEP` of audio, or the last decode's own time if
+# longer (a slow machine decodes less often; one session never keeps a core busy with guesses).
+_FIRST_PARTIAL_SECONDS = 0.8
+_PARTIAL_STEP_SECONDS = 0.4
+# An utterance is cut before Whisper's window is full, at its quietest moment in the last
+# `_CUT_SEARCH_SECONDS` (smoothed over `_CUT_SMOOTH` VAD windows).
+_MAX_UTTERANCE_SECONDS = 28.0
+_CUT_SEARCH_SECONDS = 10.0
+_CUT_SMOOTH = 5
+# Without turn detection the buffer waits for the client's commit: at most this much of it.
+_MAX_BUFFER_SECONDS = 15 * 60.0
+_MIN_COMMIT_SECONDS = 0.1  # OpenAI's minimum for a commit
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    """Server VAD's settings (OpenAI's `server_vad`)."""
+
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 500
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    model: str | None = None  # a catalog name; None: the server's default model
+    language: str | None = None  # None: detect
+    prompt: str | None = None
+    encoding: Encoding = "pcm16"
+    turn_detection: TurnDetection | None = field(default_factory=TurnDetection)  # None: manual
+    logprobs: bool = False
+
+
+# --- what a session tells its client (the API layer gives them their wire shapes)
+@dataclass(frozen=True)
+class SpeechStarted:
+    item_id: str
+    audio_start_ms: int
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    item_id: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True)
+class Committed:
+    item_id: str
+    previous_item_id: str | None
+
+
+@dataclass(frozen=True)
+class Delta:
+    item_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    item_id: str
+    transcript: str
+    seconds: float  # the utterance's audio
+    logprobs: tuple[tuple[str, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    item_id: str
+    error: HarkenError
+
+
+@dataclass(frozen=True)
+class Cleared:
+    pass
+
+
+LiveEvent = SpeechStarted | SpeechStopped | Committed | Delta | Completed | Failed | Cleared
+
+
+def new_item_id() -> str:
+    return f"item_{uuid.uuid4().hex[:24]}"
+
+
+class PartialSlots:
+    """How many partial decodes may run at once, across every session of a server."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
+@dataclass
+class _Utterance:
+    item_id: str
+    start: int  # session sample where its audio begins (the prefix padding included)
+    speech_start: int
+    committed: str = ""  # agreed words, as the model wrote them (with their leading spaces)
+    previous: str | None = None  # the last partial decode's whole text
+    decoded_until: int = 0  # session sample the last partial decode read up to
+    final: bool = False
+
+    @property
+    def sent(self) -> str:
+        return self.committed.lstrip()
+
+
+class LiveSession:
+    """One live transcription session. Not thread-safe: call it from the event loop, one call
+    at a time (the WebSocket's reader does)."""
+
+    def __init__(
+        self,
+        service: TranscriptionService,
+        model: LoadedModel,
+        options: LiveOptions,
+        partial_slots: PartialSlots,
+    ) -> None:
+        self.service = service
+        self.model = model
+        self.options = options
+        self.partial_slots = partial_slots
+        self.events: asyncio.Queue[LiveEvent] = asyncio.Queue()
+        self._closed = threading.Event()  # stops every model call of this session
+        self._previous_item: str | None = None
+        self._finals: asyncio.Queue[tuple[_Utterance, np.ndarray]] = asyncio.Queue()
+        self._finals_pending = 0
+        self._final_worker = asyncio.create_task(self._run_finals())
+        self._partial: asyncio.Task[None] | None = None
+        self._partial_cancel: threading.Event | None = None
+        self._partial_step = int(_PARTIAL_STEP_SECONDS * SAMPLE_RATE)
+        self._received = 0  # 16 kHz samples since the session began
+        self._reset_audio()
+
+    # --- configuration
+    def update(self, model: LoadedModel, options: LiveOptions) -> None:
+        """New options; a new audio format or turn detection starts the buffer afresh."""
+        restart = (
+            options.encoding != self.options.encoding
+            or options.turn_detection != self.options.turn_detection
+        )
+        self.model, self.options = model, options
+        if restart:
+            self._drop_utterance()
+            self._reset_audio()
+
+    def _reset_audio(self) -> None:
+        self._decoder = StreamDecoder(self.options.encoding)
+        self._vad = SpeechProbabilities() if self.options.turn_detection else None
+        self._vad_origin = self._received  # session sample of the VAD's first window
+        self._buffer: list[np.ndarray] = []
+        self._buffer_start = self._received
+        self._buffered = 0
+        self._utterance: _Utterance | None = None
+        self._probs: list[float] = []  # VAD probabilities of the utterance's windows
+        self._silence_from: int | None = None
+
+    # --- client events
+    async def append(self, audio: bytes) -> None:
+        samples, probs = await asyncio.to_thread(self._ingest, audio)
+        self._received += samples.shape[0]
+        if samples.shape[0]:
+            self._buffer.append(samples)
+            self._buffered += samples.shape[0]
+        turn = self.options.turn_detection
+        if turn is None:
+            if self._buffered > _MAX_BUFFER_SECONDS * SAMPLE_RATE:
+                self._buffer_tail(int(_MAX_BUFFER_SECONDS * SAMPLE_RATE))
+                raise InvalidRequest(
+                    f"The input audio buffer holds over {_MAX_BUFFER_SECONDS / 60:g} minutes "
+                    "of uncommitted audio; its oldest audio was dropped. Commit more often.",
+                    code="input_audio_buffer_too_long",
+                )
+            return
+        self._follow_speech(probs, turn)
+        self._maybe_partial()
+
+    def _ingest(self, audio: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Decode and resample the piece, and read its speech probabilities (a worker thread)."""
+        samples = self._decoder.decode(audio)
+        probs = self._vad.feed(samples) if self._vad is not None else np.zeros(0, np.float32)
+        return samples, probs
+
+    async def commit(self) -> None:
+        """The client ends the current utterance (or, without turn detection, the buffer)."""
+        if self.options.turn_detection is not None:
+            if self._utterance is None:
+                raise _commit_empty(0.0)
+            self._finish(self._received, stopped=False)
+            return
+        seconds = self._buffered / SAMPLE_RATE
+        if seconds < _MIN_COMMIT_SECONDS:
+            raise _commit_empty(seconds)
+        audio = self._buffer_audio(self._buffer_start, self._received)
+        self._buffer, self._buffered, self._buffer_start = [], 0, self._received
+        utterance = _Utterance(new_item_id(), self._received - audio.shape[0], 0)
+        self._commit(utterance, audio)
+
+    async def clear(self) -> None:
+        self._drop_utterance()
+        self._buffer, self._buffered, self._buffer_start = [], 0, self._received
+        self._probs, self._silence_from = [], None
+        await self.events.put(Cleared())
+
+    async def close(self) -> None:
+        """Stop everything at once: model calls in flight stop before their next step."""
+        self._closed.set()
+        if self._partial_cancel is not None:
+            self._partial_cancel.set()
+        self._final_worker.cancel()
+        tasks = [self._final_worker, *([self._partial] if self._partial else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    # --- turn detection
+    def _follow_speech(self, probs: np.ndarray, turn: TurnDetection) -> None:
+        pad = int(turn.prefix_padding_ms * SAMPLE_RATE / 1000)
+        silence = int(turn.silence_duration_ms * SAMPLE_RATE / 1000)
+        negative = max(turn.threshold - 0.15, 0.01)
+        first_window = (self._received - self._vad_origin) // _WINDOW - probs.shape[0]
+        for index, prob in enumerate(probs.tolist()):
+            position = self._vad_origin + (first_window + index) * _WINDOW
+            end = position + _WINDOW
+            utterance = self._utterance
+            if utterance is None:
+                if prob >= turn.threshold:
+                    start = max(self._buffer_start, position - pad)
+                    self._utterance = _Utterance(new_item_id(), start, position)
+                    self._utterance.decoded_until = start
+                    self._probs = [prob]
+                    self._silence_from = None
+                    self.events.put_nowait(SpeechStarted(self._utterance.item_id, _ms(position)))
+                continue
+            self._probs.append(prob)
+            if prob >= turn.threshold:
+                self._silence_from = None
+            elif prob < negative and self._silence_from is None:
+                self._silence_from = position
+            if self._silence_from is not None and end - self._silence_from >= silence:
+                self._finish(end, stopped=True, speech_end=self._silence_from)
+            elif end - utterance.start >= _MAX_UTTERANCE_SECONDS * SAMPLE_RATE:
+                self._cut(end)
+        if self._utterance is None:
+            keep = pad + 2 * _WINDOW
+            self._buffer_tail(keep)
+
+    def _finish(self, end: int, *, stopped: bool, speech_end: int | None = None) -> None:
+        utterance = self._utterance
+        assert utterance is not None
+        self._utterance = None
+        self._stop_partial(utterance)
+        if stopped:
+            self.events.put_nowait(SpeechStopped(utterance.item_id, _ms(speech_end or end)))
+        audio = self._buffer_audio(utterance.start, end)
+        self._commit(utterance, audio)
+        pad = self.options.turn_detection.prefix_padding_ms if self.options.turn_detection else 0
+        self._buffer_tail(self._received - end + int(pad * SAMPLE_RATE / 1000) + _WINDOW)
+        self._probs, self._silence_from = [], None
+
+    def _cut(self, end: int) -> None:
+        """An utterance about to outgrow Whisper's window: end it at its quietest moment lately
+        (a pause between words, if there was one) and go on with a new one from there."""
+        utterance = self._utterance
+        assert utterance is not None
+        probs = np.asarray(self._probs, dtype=np.float32)
+        windows = min(len(probs), int(_CUT_SEARCH_SECONDS * SAMPLE_RATE / _WINDOW))
+        smooth = np.convolve(probs, np.ones(_CUT_SMOOTH) / _CUT_SMOOTH, mode="same")[-windows:]
+        quietest = len(probs) - windows + int(np.argmin(smooth))
+        cut = utterance.speech_start + quietest * _WINDOW + _WINDOW // 2
+        cut = min(max(cut, utterance.start + SAMPLE_RATE), end)
+        self._utterance = None
+        self._stop_partial(utterance)
+        self.events.put_nowait(SpeechStopped(utterance.item_id, _ms(cut)))
+        self._commit(utterance, self._buffer_audio(utterance.start, cut))
+        following = _Utterance(new_item_id(), cut, cut)
+        following.decoded_until = cut
+        self._utterance = following
+        self._probs = self._probs[quietest:]
+        self._silence_from = None
+        self.events.put_nowait(SpeechStarted(following.item_id, _ms(cut)))
+        self._buffer_tail(self._received - cut)
+
+    def _commit(self, utterance: _Utterance, audio: np.ndarray) -> None:
+        utterance.final = True
+        self.events.put_nowait(Committed(utterance.item_id, self._previous_item))
+        self._previous_item = utterance.item_id
+        self._finals_pending += 1
+        self._finals.put_nowait((utterance, audio))
+
+    def _drop_utterance(self) -> None:
+        if self._utterance is not None:
+            self._stop_partial(self._utterance)
+            self._utterance.final = True
+            self._utterance = None
+
+    # --- the audio kept: the utterance under way, or the padding that may precede the next
+    def _buffer_audio(self, start: int, end: int) -> np.ndarray:
+        audio = np.concatenate(self._buffer) if self._buffer else np.zeros(0, np.int16)
+        self._buffer = [audio] if audio.shape[0] else []
+        begin = max(0, start - self._buffer_start)
+        return audio[begin : max(begin, end - self._buffer_start)].copy()
+
+    def _buffer_tail(self, keep: int) -> None:
+        """Keep only the last `keep` samples."""
+        drop = self._buffered - max(0, keep)
+        if drop <= 0:
+            return
+        audio = np.concatenate(self._buffer)[drop:] if self._buffer else np.zeros(0, np.int16)
+        self._buffer = [audio] if audio.shape[0] else []
+        self._buffered = audio.shape[0]
+        self._buffer_start = self._received - self._buffered
+
+    # --- partial decodes
+    def _maybe_partial(self) -> None:
+        utterance = self._utterance
+        if utterance is None or self._partial is not None or self._finals_pending:
+            return
+        heard = self._received - utterance.start
+        if heard < _FIRST_PARTIAL_SECONDS * SAMPLE_RATE:
+            return
+        if self._received - utterance.decoded_until < self._partial_step:
+            return
+        scheduler = self.service.scheduler
+        if scheduler.waiting or scheduler.running >= scheduler.max_active:
+            return  # the server has a queue: partial text can wait, finals and files cannot
+        if self.service.shutting_down or not self.partial_slots.take():
+            return
+        utterance.decoded_until = self._received
+        audio = self._buffer_audio(utterance.start, self._received)
+        cancel = threading.Event()
+        self._partial_cancel = cancel
+        self._partial = asyncio.create_task(self._decode_partial(utterance, audio, cancel))
+
+    async def _decode_partial(
+        self, utterance: _Utterance, audio: np.ndarray, cancel: threading.Event
+    ) -> None:
+        started = time.monotonic()
+        try:
+            options = self._decoding_options(utterance.committed, partial=True)
+            text, _ = await self.service.scheduler.run(self._decode, audio, options, cancel)
+        except (Cancelled, RateLimited, HarkenError):
+            return
+        except Exception:
+            log.exception("a partial decode failed")
+            return
+        finally:
+            self.partial_slots.give_back()
+            self._partial = None
+            self._partial_cancel = None
+        spent = time.monotonic() - started
+        self._partial_step = int(max(_PARTIAL_STEP_SECONDS, spent) * SAMPLE_RATE)
+        log.debug(
+            "partial decode %.2f s of audio in %.2f s: %r",
+            audio.shape[0] / SAMPLE_RATE,
+            spent,
+            text,
+        )
+        if utterance.final or cancel.is_set():
+            return
+        self._agree(utterance, utterance.committed + _after_prefix(utterance.committed, text))
+
+    def _agree(self, utterance: _Utterance, hypothesis: str) -> None:
+        """LocalAgreement: send the words this decode and the one before agree on."""
+        previous, utterance.previous = utterance.previous, hypothesis
+        if previous is None:
+            return
+        agreed = _agreed_prefix(previous, hypothesis)
+        if len(agreed) <= len(utterance.committed):
+            return
+        sent = utterance.sent
+        utterance.committed = agreed
+        self.events.put_nowait(Delta(utterance.item_id, utterance.sent[len(sent) :]))
+
+    def _stop_partial(self, utterance: _Utterance) -> None:
+        utterance.final = True
+        if self._partial_cancel is not None:
+            self._partial_cancel.set()
+
+    # --- finals, one after another
+    async def _run_finals(self) -> None:
+        while True:
+            utterance, audio = await self._finals.get()
+            try:
+                await self._final(utterance, audio)
+            except asyncio.CancelledError:
+                raise
+            except Cancelled:
+                return
+            except HarkenError as error:
+                self.events.put_nowait(Failed(utterance.item_id, error))
+            except Exception:
+                log.exception("a live transcription failed")
+                self.events.put_nowait(
+                    Failed(utterance.item_id, ServerError("The transcription failed."))
+                )
+            finally:
+                self._finals_pending -= 1
+
+    async def _final(self, utterance: _Utterance, audio: np.ndarray) -> None:
+        seconds = audio.shape[0] / SAMPLE_RATE
+        if self.options.turn_detection is None:
+            await self._final_buffer(utterance, audio)
+            return
+        options = self._decoding_options(utterance.committed, partial=False)
+        text, words = await self._never_skipped(self._decode, audio, options, self._closed)
+        transcript = (utterance.committed + _after_prefix(utterance.committed, text)).strip()
+        rest = transcript[len(utterance.sent) :]
+        if rest:
+            self.events.put_nowait(Delta(utterance.item_id, rest))
+        logprobs = tuple(words) if self.options.logprobs else None
+        self.events.put_nowait(Completed(utterance.item_id, transcript, seconds, logprobs))
+
+    async def _final_buffer(self, utterance: _Utterance, audio: np.ndarray) -> None:
+        """A committed buffer of any length, transcribed as a file is; text sent as decoded."""
+        options = TranscriptionOptions(
+            language=self.options.language,
+            prompt=self.options.prompt,
+            word_timestamps=self.options.logprobs,
+        )
+        job = await self._never_skipped_stream(audio, options)
+        transcript = ""
+        logprobs: list[tuple[str, float]] = []
+        try:
+            async for segment in job:
+                piece = segment.text if transcript else segment.text.lstrip()
+                if piece:
+                    transcript += piece
+                    self.events.put_nowait(Delta(utterance.item_id, piece))
+                logprobs += [(w.word, _log(w.probability)) for w in segment.words or ()]
+        finally:
+            await job.aclose()
+        seconds = audio.shape[0] / SAMPLE_RATE
+        self.events.put_nowait(
+            Completed(
+                utterance.item_id,
+                transcript.rstrip(),
+                seconds,
+                tuple(logprobs) if self.options.logprobs else None,
+            )
+        )
+
+    async def _never_skipped(self, fn: Callable[..., T], *args: Any) -> T:
+        """A final's model call: when the server is full it waits for a place, never gives up."""
+        while True:
+            try:
+                return await self.service.scheduler.run(fn, *args)
+            except RateLimited as full:
+                await asyncio.sleep(min(1.0, full.retry_after or 1) / 4)
+
+    async def _never_skipped_stream(self, audio: np.ndarray, options: TranscriptionOptions) -> Any:
+        while True:
+            try:
+                return await self.service.transcribe(self.model, audio, options)
+            except RateLimited as full:
+                await asyncio.sleep(min(1.0, full.retry_after or 1) / 4)
+
+    # --- decoding
+    def _decoding_options(self, committed: str, *, partial: bool) -> TranscriptionOptions:
+        options = TranscriptionOptions(
+            language=self.options.language,
+            prompt=self.options.prompt,
+            prefix=committed.strip() or None,
+            word_timestamps=self.options.logprobs,
+        )
+        if partial:
+            # A guess that the next decode checks: greedy, no temperature fallback.
+            options = dataclasses.replace(options, beam_size=1, temperature=0.0)
+        return options
+
+    def _decode(
+        self, audio: np.ndarray, options: TranscriptionOptions, cancel: threading.Event
+    ) -> tuple[str, list[tuple[str, float]]]:
+        """Decode on a worker thread: the text (the prefix included), and its words' log
+        probabilities when they were asked for."""
+        with cancel_scope(cancel):
+            result = self.model.transcriber.transcribe(as_float32(audio), options)
+            segments = list(result.segments)
+        text = "".join(segment.text for segment in segments)
+        words = [(w.word, _log(w.probability)) for s in segments for w in s.words or ()]
+        return text, words
+
+
+def _agreed_prefix(previous: str, current: str) -> str:
+    """The longest start of `current` that `previous` shares and that ends between whole words
+    in both: the next character is a space in `current` (a word follows, so the last agreed
+    word is complete) and a space or the end in `previous`."""
+    common = 0
+    for a, b in zip(previous, current, strict=False):
+        if a != b:
+            break
+        common += 1
+    for end in range(common, 0, -1):
+        word_ends = end < len(current) and current[end].isspace() and not current[end - 1].isspace()
+        if word_ends and (end == len(previous) or previous[end].isspace()):
+            return current[:end]
+    return ""
+
+
+def _after_prefix(prefix: str, text: str) -> str:
+    """The decoded text less the forced prefix it starts with (CTranslate2 returns the prefix as
+    part of the result; Whisper's tokenizer gave it one leading space)."""
+    head = prefix.strip()
+    if not head:
+        return text
+    if text.startswith(" " + head):
+        return text[len(head) + 1 :]
+    if text.lstrip().startswith(head):
+        return text.lstrip()[len(head) :]
+    return text
+
+
+def _commit_empty(seconds: float) -> InvalidRequest:
+    return InvalidRequest(
+        "Error committing input audio buffer: buffer too small. Expected at least "
+        f"{_MIN_COMMIT_SECONDS * 1000:.0f}ms of audio, but buffer only has "
+        f"{seconds * 1000:.2f}ms of audio.",
+        code="input_audio_buffer_commit_empty",
+    )
+
+
+def _ms(samples: int) -> int:
+    return round(samples * 1000 / SAMPLE_RATE)
+
+
+def _log(probability: float) -> float:
+    return math.log(max(probability, 1e-12))
