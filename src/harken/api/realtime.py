@@ -40,6 +40,7 @@ from harken.errors import (
     HarkenError,
     InvalidRequest,
     RateLimited,
+    ServerError,
     ShuttingDown,
 )
 from harken.service.live import LiveOptions, LiveSession, PartialSlots
@@ -285,6 +286,8 @@ async def _read_events(
         except TimeoutError:
             if time.monotonic() >= deadline:
                 return "session_too_long", _session_expired(settings)
+            if session.busy:
+                continue  # the client waits for a transcript: not idle
             return "idle_timeout", _limit_error(
                 f"No event arrived for {settings.realtime_idle_timeout_seconds:g} s; the session "
                 "was closed.",
@@ -312,16 +315,23 @@ async def _read_events(
         client_event_id: str | None = None
         try:
             event = wire.parse(data)
-            client_event_id = (
-                event.get("event_id") if isinstance(event.get("event_id"), str) else None
-            )
+            client_event_id = wire.client_event_id(event)
             await _handle(connection, session, event)
         except HarkenError as error:
             await connection.send(wire.error_event(error, client_event_id))
+        except WebSocketDisconnect:
+            raise
+        except Exception:
+            # A bug must not take the session down with it: the client hears of it and goes on.
+            log.exception("a realtime client event failed")
+            failure = ServerError("The server failed to process the event (a bug).")
+            await connection.send(wire.error_event(failure, client_event_id))
 
 
 async def _handle(connection: _Connection, session: LiveSession, event: dict[str, Any]) -> None:
-    kind = event["type"]
+    kind = event.get("type")
+    if not isinstance(kind, str):
+        raise InvalidRequest("The event has no `type`.", param="type", code="invalid_event")
     if kind == "input_audio_buffer.append":
         await session.append(wire.append_audio(event))
     elif kind == "input_audio_buffer.commit":

@@ -117,7 +117,7 @@ class ClientEventError(HarkenError):
 
 
 def parse(text: str | bytes) -> dict[str, Any]:
-    """A client event as a JSON object with a string `type`."""
+    """A client event: a JSON object."""
     import json
 
     try:
@@ -126,9 +126,12 @@ def parse(text: str | bytes) -> dict[str, Any]:
         raise InvalidRequest("The event is not valid JSON.", code="invalid_json") from None
     if not isinstance(event, dict):
         raise InvalidRequest("An event must be a JSON object.", code="invalid_json")
-    if not isinstance(event.get("type"), str):
-        raise InvalidRequest("The event has no `type`.", param="type", code="invalid_event")
     return event
+
+
+def client_event_id(event: dict[str, Any]) -> str | None:
+    given = event.get("event_id")
+    return given if isinstance(given, str) else None
 
 
 def validated(model: type[BaseModel], event: dict[str, Any]) -> Any:

@@ -193,6 +193,11 @@ class LiveSession:
         self._received = 0  # 16 kHz samples since the session began
         self._reset_audio()
 
+    @property
+    def busy(self) -> bool:
+        """An utterance is under way or a transcript is still to come."""
+        return self._utterance is not None or self._finals_pending > 0
+
     # --- configuration
     def update(self, model: LoadedModel, options: LiveOptions) -> None:
         """New options; a new audio format or turn detection starts the buffer afresh."""

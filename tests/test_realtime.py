@@ -1,0 +1,684 @@
+"""Live transcription: OpenAI's Realtime API (transcription sessions) over a WebSocket.
+
+The real `openai` SDK (GA `client.realtime` and the beta client) against a real `harken serve`
+server, streaming the repository's clips at real-time pace (where timing matters) and faster.
+Raw WebSocket clients play the misbehaving ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import numpy as np
+import openai
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from harken.audio import decode_pcm16
+from tests.conftest import Clip, RunningServer, wer
+from tests.servers import TINY, run_built_server
+from tests.test_metrics import scrape, value
+
+KEY = "sk-realtime-test"
+MAX_SESSIONS = 5
+MAX_EVENT_MB = 0.5
+IDLE_SECONDS = 4.0
+SILENCE = 1.0  # seconds of digital silence before each clip
+
+
+@pytest.fixture(scope="module")
+def live_server(harken_home: Path) -> Iterator[RunningServer]:
+    """`harken serve`'s server, keyed, tiny.en, with small live-session limits."""
+    with run_built_server(
+        harken_home,
+        api_keys=[KEY],
+        aliases={"mimo-v2.5-asr": TINY, "whisper-1": TINY},
+        realtime_max_sessions=MAX_SESSIONS,
+        realtime_max_event_mb=MAX_EVENT_MB,
+        realtime_idle_timeout_seconds=IDLE_SECONDS,
+    ) as running:
+        yield running
+
+
+def ws_url(server: RunningServer, query: str = "intent=transcription") -> str:
+    return server.url.replace("http://", "ws://") + "/v1/realtime?" + query
+
+
+def sdk(server: RunningServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+
+
+# --- audio as a Realtime client sends it
+def resample(samples: np.ndarray, rate: int) -> np.ndarray:
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
+    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+    frame.sample_rate = 16_000
+    frames = [*resampler.resample(frame), *resampler.resample(None)]
+    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16)
+
+
+def mu_law(samples: np.ndarray) -> bytes:
+    """8 kHz G.711 µ-law bytes, encoded by PyAV (what a phone line sends)."""
+    codec = av.CodecContext.create("pcm_mulaw", "w")
+    codec.sample_rate, codec.layout, codec.format = 8000, "mono", "s16"
+    frame = av.AudioFrame.from_ndarray(
+        resample(samples, 8000).reshape(1, -1), format="s16", layout="mono"
+    )
+    frame.sample_rate = 8000
+    return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+
+
+@dataclass
+class Stream:
+    """A clip between stretches of silence, and where its speech is (ms into the stream)."""
+
+    samples16: np.ndarray
+    speech_start_ms: float
+    speech_end_ms: float
+
+    def pcm24(self) -> bytes:
+        return resample(self.samples16, 24_000).astype("<i2").tobytes()
+
+
+def padded(clips: list[Clip], gap: float = 1.5, tail: float = 1.5) -> Stream:
+    silence = np.zeros(int(SILENCE * 16_000), np.int16)
+    parts, cursor, first, last = [silence], SILENCE, None, 0.0
+    for clip in clips:
+        pcm = decode_pcm16(clip.bytes())
+        start, end = speech_bounds(pcm)
+        first = cursor + start if first is None else first
+        last = cursor + end
+        parts.append(pcm)
+        cursor += pcm.shape[0] / 16_000
+        pause = np.zeros(int(gap * 16_000), np.int16)
+        parts.append(pause)
+        cursor += gap
+    parts.append(np.zeros(int(tail * 16_000), np.int16))
+    return Stream(np.concatenate(parts), (first or 0.0) * 1000, last * 1000)
+
+
+def speech_bounds(pcm: np.ndarray) -> tuple[float, float]:
+    """Seconds where the recording's sound begins and ends: 10 ms frames within 35 dB of its
+    loudest frame."""
+    frames = pcm[: pcm.shape[0] // 160 * 160].astype(np.float32).reshape(-1, 160)
+    level = 10 * np.log10((frames**2).mean(axis=1) + 1e-9)
+    loud = np.flatnonzero(level > level.max() - 35)
+    return loud[0] * 0.01, (loud[-1] + 1) * 0.01
+
+
+async def send_audio(send: Any, audio: bytes, *, pace: float, chunk_seconds: float = 0.1,
+                     bytes_per_second: int = 48_000) -> None:  # fmt: skip
+    """Append `audio` in chunks; `pace` 1 is real time, 0 as fast as possible."""
+    step = int(bytes_per_second * chunk_seconds)
+    started = time.monotonic()
+    for i, begin in enumerate(range(0, len(audio), step)):
+        await send(base64.b64encode(audio[begin : begin + step]).decode())
+        if pace:
+            wait = started + (i + 1) * chunk_seconds / pace - time.monotonic()
+            await asyncio.sleep(max(0.0, wait))
+        else:
+            await asyncio.sleep(0)
+
+
+@dataclass
+class Heard:
+    events: list[Any] = field(default_factory=list)
+    arrived: dict[str, float] = field(default_factory=dict)  # first arrival of each kind
+
+    def of(self, kind: str) -> list[Any]:
+        return [e for e in self.events if e.type == kind]
+
+    def transcript(self) -> str:
+        done = self.of("conversation.item.input_audio_transcription.completed")
+        return " ".join(e.transcript for e in done)
+
+    def deltas_by_item(self) -> dict[str, str]:
+        joined: dict[str, str] = {}
+        for e in self.of("conversation.item.input_audio_transcription.delta"):
+            joined[e.item_id] = joined.get(e.item_id, "") + e.delta
+        return joined
+
+
+async def listen(connection: Any, heard: Heard, items: int) -> None:
+    """Events until `items` items are done (GA: `conversation.item.done`)."""
+    async for event in connection:
+        heard.events.append(event)
+        heard.arrived.setdefault(event.type, time.monotonic())
+        assert event.type != "error", event
+        if len(heard.of("conversation.item.done")) >= items:
+            return
+
+
+async def ga_session(server: RunningServer, stream: Stream, *, pace: float,
+                     utterances: int, update: dict[str, Any] | None = None) -> Heard:  # fmt: skip
+    """Stream over the GA SDK with server VAD until `utterances` transcripts are complete."""
+    heard = Heard()
+    session = update or {
+        "type": "transcription",
+        "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000},
+            "transcription": {"model": TINY, "language": "en"},
+            "turn_detection": {"type": "server_vad", "threshold": 0.5,
+                               "prefix_padding_ms": 300, "silence_duration_ms": 500},
+        }},
+    }  # fmt: skip
+    async with sdk(server).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        await conn.session.update(session=session)
+
+        async def append(audio: str) -> None:
+            await conn.input_audio_buffer.append(audio=audio)
+
+        sender = asyncio.create_task(send_audio(append, stream.pcm24(), pace=pace))
+        await asyncio.wait_for(listen(conn, heard, utterances), 120)
+        await sender
+    return heard
+
+
+def file_transcript(server: RunningServer, clips: list[Clip]) -> str:
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
+    texts = []
+    for clip in clips:
+        result = client.audio.transcriptions.create(
+            model=TINY, file=(clip.path.name, clip.bytes()), language="en"
+        )
+        texts.append(result.text)
+    return " ".join(texts)
+
+
+# --- the GA SDK, real time: events, timing, deltas
+def test_ga_sdk_at_real_time_pace(live_server: RunningServer, speech: dict[str, Clip]) -> None:
+    clip = speech["ls_1988-24833-0001"]  # 7.9 s, one sentence
+    stream = padded([clip])
+    heard = asyncio.run(ga_session(live_server, stream, pace=1.0, utterances=1))
+
+    created = heard.of("session.created")[0]
+    assert created.session.type == "transcription"
+    assert heard.of("session.updated")[0].session.audio.input.transcription.model == TINY
+    started = heard.of("input_audio_buffer.speech_started")
+    stopped = heard.of("input_audio_buffer.speech_stopped")
+    assert started and stopped, [e.type for e in heard.events]
+    # Within 300 ms of where the clip's speech starts and ends.
+    assert abs(started[0].audio_start_ms - stream.speech_start_ms) <= 300, started[0]
+    assert abs(stopped[-1].audio_end_ms - stream.speech_end_ms) <= 300, stopped[-1]
+
+    committed = heard.of("input_audio_buffer.committed")
+    added = heard.of("conversation.item.added")
+    assert [e.item_id for e in committed] == [e.item.id for e in added]
+    assert started[0].item_id == committed[0].item_id
+    completed = heard.of("conversation.item.input_audio_transcription.completed")
+    assert completed[0].usage.type == "duration" and completed[0].usage.seconds > 0
+    done = heard.of("conversation.item.done")
+    assert done and done[0].item.content[0].transcript == completed[0].transcript
+
+    # Text arrives while the person is still speaking, and the deltas join to the transcript.
+    assert (
+        heard.arrived["conversation.item.input_audio_transcription.delta"]
+        < heard.arrived["input_audio_buffer.speech_stopped"]
+    )
+    deltas = heard.deltas_by_item()
+    for event in completed:
+        assert deltas.get(event.item_id, "") == event.transcript
+    assert (
+        wer(clip.text, heard.transcript())
+        <= wer(clip.text, file_transcript(live_server, [clip])) + 0.01
+    )
+
+
+def test_ga_sdk_faster_than_real_time_matches_the_file_endpoint(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    """Several clips in one session, at 4× real time: utterance by utterance, completed
+    transcripts read as well as the file endpoint's (WER at most 1 point higher)."""
+    ids = ["ls_1089-134691-0001", "ls_3752-4944-0000", "librivox_sns01_0890", "ls_2412-153948-0002",
+           "ls_1272-128104-0000", "librivox_sns01_0930"]  # fmt: skip
+    clips = [speech[i] for i in ids]
+    stream = padded(clips, gap=1.5)
+
+    async def run() -> Heard:
+        heard = Heard()
+        async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
+            await c.session.update(session={"type": "transcription", "audio": {"input": {
+                "transcription": {"model": TINY, "language": "en"}}}})  # fmt: skip
+
+            async def append(audio: str) -> None:
+                await c.input_audio_buffer.append(audio=audio)
+
+            sender = asyncio.create_task(send_audio(append, stream.pcm24(), pace=4.0))
+            await sender
+
+            async def finished() -> None:
+                # Every utterance that started is done (the tail of silence stops the last).
+                async for event in c:
+                    heard.events.append(event)
+                    assert event.type != "error", event
+                    done = len(heard.of("conversation.item.done"))
+                    started = len(heard.of("input_audio_buffer.speech_started"))
+                    if done >= len(clips) and done == started:
+                        return
+
+            await asyncio.wait_for(finished(), 120)
+        return heard
+
+    heard = asyncio.run(run())
+    assert len(heard.of("input_audio_buffer.committed")) >= len(clips)
+    reference = " ".join(c.text for c in clips)
+    live = wer(reference, heard.transcript())
+    files = wer(reference, file_transcript(live_server, clips))
+    assert live <= files + 0.01, (live, files, heard.transcript())
+    deltas = heard.deltas_by_item()
+    for event in heard.of("conversation.item.input_audio_transcription.completed"):
+        assert deltas.get(event.item_id, "") == event.transcript
+    # Item ids chain: each committed item names the one before.
+    committed = heard.of("input_audio_buffer.committed")
+    for before, after in itertools.pairwise(committed):
+        assert after.previous_item_id == before.item_id
+
+
+# --- the beta client, G.711 µ-law, and manual commits
+def test_beta_client_with_mu_law(live_server: RunningServer, speech: dict[str, Clip]) -> None:
+    clip = speech["librivox_sns01_0870"]
+    stream = padded([clip])
+    audio = mu_law(stream.samples16)
+
+    async def run() -> list[Any]:
+        events: list[Any] = []
+        # The beta client derives a wss:// URL from the base URL unless told the WebSocket's.
+        client = sdk(live_server)
+        client.websocket_base_url = live_server.url.replace("http://", "ws://") + "/v1"
+        async with client.beta.realtime.connect(
+            model="anything-at-all", extra_query={"intent": "transcription"}
+        ) as conn:
+            await conn.transcription_session.update(session={
+                "input_audio_format": "g711_ulaw",
+                "input_audio_transcription": {"model": TINY, "language": "en"},
+                "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+            })  # fmt: skip
+
+            async def append(data: str) -> None:
+                await conn.input_audio_buffer.append(audio=data)
+
+            sender = asyncio.create_task(send_audio(append, audio, pace=4.0, bytes_per_second=8000))
+            async for event in conn:
+                events.append(event)
+                assert event.type != "error", event
+                if event.type.endswith("input_audio_transcription.completed"):
+                    break
+            await sender
+        return events
+
+    events = asyncio.run(run())
+    kinds = [e.type for e in events]
+    assert kinds[0] == "transcription_session.created"
+    assert "transcription_session.updated" in kinds
+    updated = events[kinds.index("transcription_session.updated")]
+    assert updated.session.input_audio_format == "g711_ulaw"
+    assert "conversation.item.created" in kinds and "conversation.item.added" not in kinds
+    completed = events[-1]
+    assert wer(clip.text, completed.transcript) <= 0.25, completed.transcript
+
+
+def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> None:
+    """`turn_detection: null`: nothing happens until the client commits; then the buffer is
+    transcribed (text streamed as deltas), and an empty commit is an error event."""
+    clip = speech["ls_2412-153948-0001"]
+    pcm = resample(decode_pcm16(clip.bytes()), 24_000).astype("<i2").tobytes()
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        before: list[Any] = []
+        after: list[Any] = []
+        async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
+            await c.session.update(session={"type": "transcription", "audio": {"input": {
+                "transcription": {"model": TINY}, "turn_detection": None}}})  # fmt: skip
+            for begin in range(0, len(pcm), 96_000):
+                await c.input_audio_buffer.append(
+                    audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
+                )
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(_collect(c, before, "never"), 1.5)
+            await c.input_audio_buffer.commit(event_id="evt_commit_1")
+            await asyncio.wait_for(
+                _collect(c, after, "conversation.item.input_audio_transcription.completed"), 60
+            )
+            await c.input_audio_buffer.commit(event_id="evt_commit_2")
+            await asyncio.wait_for(_collect(c, after, "error"), 10)
+        return before, after
+
+    before, after = asyncio.run(run())
+    assert [e.type for e in before] == ["session.created", "session.updated"]
+    kinds = [e.type for e in after]
+    assert "input_audio_buffer.speech_started" not in kinds
+    assert kinds[0] == "input_audio_buffer.committed"
+    completed = next(e for e in after if e.type.endswith("transcription.completed"))
+    deltas = "".join(e.delta for e in after if e.type.endswith("transcription.delta"))
+    assert deltas == completed.transcript
+    assert wer(clip.text, completed.transcript) <= 0.15, completed.transcript
+    error = after[-1].error
+    assert error.code == "input_audio_buffer_commit_empty" and error.event_id == "evt_commit_2"
+
+
+async def _collect(connection: Any, into: list[Any], until: str) -> None:
+    async for event in connection:
+        into.append(event)
+        if event.type == until:
+            return
+
+
+# --- load: sessions next to file requests
+def test_four_sessions_next_to_file_requests(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    ids = ["ls_1089-134691-0001", "ls_1988-24833-0002", "ls_3752-4944-0001", "librivox_sns01_0920"]
+    file_clip = speech["ls_1272-128104-0000"]
+
+    async def files() -> list[int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            statuses = []
+            for _ in range(3):
+                response = await client.post(
+                    f"{live_server.url}/v1/audio/transcriptions",
+                    headers={"Authorization": f"Bearer {KEY}"},
+                    data={"model": TINY},
+                    files={"file": (file_clip.path.name, file_clip.bytes())},
+                )
+                statuses.append(response.status_code)
+            return statuses
+
+    async def run() -> tuple[list[Heard], list[int]]:
+        sessions = [
+            ga_session(live_server, padded([speech[i]]), pace=2.0, utterances=1) for i in ids
+        ]
+        *heard, statuses = await asyncio.gather(*sessions, files())
+        return heard, statuses
+
+    heard, statuses = asyncio.run(run())
+    assert statuses == [200, 200, 200]
+    for clip_id, one in zip(ids, heard, strict=True):
+        assert wer(speech[clip_id].text, one.transcript()) <= 0.3, (clip_id, one.transcript())
+        deltas = one.deltas_by_item()
+        for event in one.of("conversation.item.input_audio_transcription.completed"):
+            assert deltas.get(event.item_id, "") == event.transcript
+
+
+# --- what a bad client gets
+@pytest.fixture
+def raw(live_server: RunningServer) -> Any:
+    """Opens a raw WebSocket session (with the key) and returns it after `session.created`."""
+
+    @contextlib.asynccontextmanager
+    async def opened(**kwargs: Any) -> AsyncIterator[Any]:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with ws_connect(ws_url(live_server), additional_headers=headers, **kwargs) as ws:
+            assert json.loads(await ws.recv())["type"] == "session.created"
+            yield ws
+
+    return opened
+
+
+async def next_event(ws: Any, kind: str | None = None, timeout: float = 20) -> dict[str, Any]:
+    while True:
+        event = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        if kind is None or event["type"] == kind:
+            return event
+
+
+def check_error_event(event: dict[str, Any], code: str | None, event_id: str | None) -> None:
+    assert event["type"] == "error", event
+    error = event["error"]
+    assert set(error) == {"message", "type", "param", "code", "event_id"}, error
+    assert error["message"] and "Traceback" not in error["message"]
+    assert error["type"] == "invalid_request_error"
+    if code is not None:
+        assert error["code"] == code, error
+    assert error["event_id"] == event_id
+
+
+def test_bad_events_get_error_events_and_the_session_goes_on(raw: Any) -> None:
+    async def run() -> None:
+        async with raw() as ws:
+            bad: list[tuple[Any, str | None, str | None]] = [
+                ("{not json", "invalid_json", None),
+                (json.dumps([1, 2]), "invalid_json", None),
+                (json.dumps({"event_id": "e1"}), "invalid_event", "e1"),
+                (json.dumps({"type": "response.create", "event_id": "e2"}), "invalid_event", "e2"),
+                (
+                    json.dumps(
+                        {
+                            "type": "input_audio_buffer.append",
+                            "event_id": "e3",
+                            "audio": "@@not base64@@",
+                        }
+                    ),
+                    "invalid_audio",
+                    "e3",
+                ),
+                (json.dumps({"type": "input_audio_buffer.append", "event_id": "e4"}), None, "e4"),
+                # A wrong audio format, a wrong rate, an unknown model, a conversation session.
+                (
+                    json.dumps(
+                        {
+                            "type": "session.update",
+                            "event_id": "e5",
+                            "session": {
+                                "type": "transcription",
+                                "audio": {"input": {"format": {"type": "audio/wav"}}},
+                            },
+                        }
+                    ),
+                    None,
+                    "e5",
+                ),
+                (
+                    json.dumps(
+                        {
+                            "type": "session.update",
+                            "event_id": "e6",
+                            "session": {
+                                "type": "transcription",
+                                "audio": {
+                                    "input": {"format": {"type": "audio/pcm", "rate": 44100}}
+                                },
+                            },
+                        }
+                    ),
+                    None,
+                    "e6",
+                ),
+                (
+                    json.dumps(
+                        {
+                            "type": "session.update",
+                            "event_id": "e7",
+                            "session": {
+                                "type": "transcription",
+                                "audio": {"input": {"transcription": {"model": "no-such-model"}}},
+                            },
+                        }
+                    ),
+                    "model_not_found",
+                    "e7",
+                ),
+                (
+                    json.dumps(
+                        {
+                            "type": "session.update",
+                            "event_id": "e8",
+                            "session": {"type": "realtime"},
+                        }
+                    ),
+                    "invalid_value",
+                    "e8",
+                ),
+                (
+                    json.dumps(
+                        {
+                            "type": "transcription_session.update",
+                            "event_id": "e9",
+                            "session": {"input_audio_format": "mp3"},
+                        }
+                    ),
+                    None,
+                    "e9",
+                ),
+            ]
+            for message, code, event_id in bad:
+                await ws.send(message)
+                check_error_event(await next_event(ws), code, event_id)
+            # Still the same session, and it still works.
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session.update",
+                        "session": {
+                            "type": "transcription",
+                            "audio": {"input": {"format": {"type": "audio/pcmu"}}},
+                        },
+                    }
+                )
+            )
+            updated = await next_event(ws)
+            assert updated["type"] == "session.updated", updated
+            assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+
+    asyncio.run(run())
+
+
+def test_oversize_appends(raw: Any) -> None:
+    """An append over the event limit gets an error event and the session goes on; one far over
+    it closes the socket (1009) before the server holds it all."""
+    limit = int(MAX_EVENT_MB * 1024 * 1024)
+
+    async def run() -> None:
+        async with raw(max_size=None) as ws:
+            audio = base64.b64encode(bytes(limit)).decode()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+            check_error_event(await next_event(ws), "event_too_large", None)
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            assert (await next_event(ws))["type"] == "input_audio_buffer.cleared"
+
+            huge = json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (4 * limit)})
+            await ws.send(huge)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await next_event(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+    asyncio.run(run())
+
+
+def test_a_client_that_vanishes_mid_utterance_frees_everything(
+    live_server: RunningServer, raw: Any, speech: dict[str, Clip]
+) -> None:
+    stream = padded([speech["ls_1995-1837-0001"]])
+    half = stream.pcm24()[: int(48_000 * (SILENCE + 4.0))]
+    before = scrape(live_server.url, headers={"Authorization": f"Bearer {KEY}"})
+
+    async def run() -> None:
+        async with raw() as ws:
+
+            async def append(audio: str) -> None:
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+
+            await send_audio(append, half, pace=4.0)
+            await next_event(ws, "input_audio_buffer.speech_started")
+            ws.transport.abort()  # no close frame: the client is simply gone
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 10
+    while True:
+        after = scrape(live_server.url, headers={"Authorization": f"Bearer {KEY}"})
+        ended = value(after, "harken_realtime_sessions_ended_total", reason="client_gone")
+        gone = ended - value(before, "harken_realtime_sessions_ended_total", reason="client_gone")
+        if gone >= 1 and value(after, "harken_realtime_sessions_active") == 0:
+            break
+        assert time.monotonic() < deadline, "the session did not end"
+        time.sleep(0.2)
+    assert live_server.service.scheduler.admitted == 0 or _settles(live_server)
+
+
+def _settles(server: RunningServer) -> bool:
+    deadline = time.monotonic() + 10
+    while server.service.scheduler.admitted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return server.service.scheduler.admitted == 0
+
+
+# --- limits and keys
+def test_limits_close_with_1008(live_server: RunningServer, raw: Any) -> None:
+    async def run() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            opened = [await stack.enter_async_context(raw()) for _ in range(MAX_SESSIONS)]
+            headers = {"Authorization": f"Bearer {KEY}"}
+            async with ws_connect(ws_url(live_server), additional_headers=headers) as extra:
+                check_error_event_type(await next_event(extra), "too_many_sessions")
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await next_event(extra)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            # An idle session (no event for IDLE_SECONDS) is closed the same way.
+            error = await next_event(opened[0], timeout=IDLE_SECONDS + 5)
+            assert error["error"]["code"] == "idle_timeout"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await next_event(opened[0])
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+    asyncio.run(run())
+
+
+def check_error_event_type(event: dict[str, Any], code: str) -> None:
+    assert event["type"] == "error" and event["error"]["code"] == code, event
+
+
+def test_keys_headers_subprotocol_and_client_secrets(live_server: RunningServer) -> None:
+    async def run() -> None:
+        # No key, a wrong key: the handshake is refused with the contract's 401 body.
+        for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                async with ws_connect(ws_url(live_server), additional_headers=headers):
+                    pass
+            response = refused.value.response
+            assert response.status_code == 401
+            assert json.loads(response.body)["error"]["code"] == "invalid_api_key"
+        # A browser: the key in OpenAI's subprotocol; the server answers with "realtime".
+        protocols = ["realtime", f"openai-insecure-api-key.{KEY}"]
+        async with ws_connect(ws_url(live_server), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+            assert ws.subprotocol == "realtime"
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        # A client secret, made with the key, opens a session without it.
+        secret = httpx.post(
+            f"{live_server.url}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={
+                "expires_after": {"anchor": "created_at", "seconds": 60},
+                "session": {"type": "transcription"},
+            },
+        ).json()
+        assert secret["value"].startswith("ek_") and secret["expires_at"] > time.time()
+        protocols = ["realtime", f"openai-insecure-api-key.{secret['value']}"]
+        async with ws_connect(ws_url(live_server), subprotocols=protocols) as ws:  # type: ignore[arg-type]
+            assert json.loads(await ws.recv())["type"] == "session.created"
+        # It opens realtime sessions only.
+        models = httpx.get(
+            f"{live_server.url}/v1/models",
+            headers={"Authorization": f"Bearer {secret['value']}"},
+        )
+        assert models.status_code == 401
+        # Another intent than transcription is refused at the handshake.
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with ws_connect(
+                ws_url(live_server, "intent=conversation"),
+                additional_headers={"Authorization": f"Bearer {KEY}"},
+            ):
+                pass
+        assert refused.value.response.status_code == 400
+
+    asyncio.run(run())
