@@ -135,7 +135,7 @@ async def send_audio(send: Any, audio: bytes, *, pace: float, chunk_seconds: flo
 @dataclass
 class Heard:
     events: list[Any] = field(default_factory=list)
-    arrived: dict[str, float] = field(default_factory=dict)  # first arrival of each kind
+    arrived: list[float] = field(default_factory=list)  # when each event came
 
     def of(self, kind: str) -> list[Any]:
         return [e for e in self.events if e.type == kind]
@@ -144,6 +144,13 @@ class Heard:
         done = self.of("conversation.item.input_audio_transcription.completed")
         return " ".join(e.transcript for e in done)
 
+    def first(self, kind: str, item_id: str) -> float:
+        """When the first event of a kind for an item came."""
+        for event, when in zip(self.events, self.arrived, strict=True):
+            if event.type == kind and event.item_id == item_id:
+                return when
+        return float("inf")
+
     def deltas_by_item(self) -> dict[str, str]:
         joined: dict[str, str] = {}
         for e in self.of("conversation.item.input_audio_transcription.delta"):
@@ -151,19 +158,32 @@ class Heard:
         return joined
 
 
-async def listen(connection: Any, heard: Heard, items: int) -> None:
-    """Events until `items` items are done (GA: `conversation.item.done`)."""
+async def listen(connection: Any, heard: Heard) -> None:
     async for event in connection:
         heard.events.append(event)
-        heard.arrived.setdefault(event.type, time.monotonic())
+        heard.arrived.append(time.monotonic())
         assert event.type != "error", event
-        if len(heard.of("conversation.item.done")) >= items:
+
+
+async def until_all_done(listener: asyncio.Task[None], heard: Heard, timeout: float = 120) -> None:
+    """Once the audio is all sent: wait until every utterance that started is done (GA:
+    `conversation.item.done`; the silence after the last clip stops the last utterance)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if listener.done():
+            listener.result()  # an error event fails the test here
+            raise AssertionError("the session ended early")
+        done = len(heard.of("conversation.item.done"))
+        if done and done == len(heard.of("input_audio_buffer.speech_started")):
+            listener.cancel()
             return
+        assert time.monotonic() < deadline, "the transcripts did not come"
+        await asyncio.sleep(0.05)
 
 
 async def ga_session(server: RunningServer, stream: Stream, *, pace: float,
-                     utterances: int, update: dict[str, Any] | None = None) -> Heard:  # fmt: skip
-    """Stream over the GA SDK with server VAD until `utterances` transcripts are complete."""
+                     update: dict[str, Any] | None = None) -> Heard:  # fmt: skip
+    """Stream over the GA SDK with server VAD until every utterance's transcript is done."""
     heard = Heard()
     session = update or {
         "type": "transcription",
@@ -180,9 +200,9 @@ async def ga_session(server: RunningServer, stream: Stream, *, pace: float,
         async def append(audio: str) -> None:
             await conn.input_audio_buffer.append(audio=audio)
 
-        sender = asyncio.create_task(send_audio(append, stream.pcm24(), pace=pace))
-        await asyncio.wait_for(listen(conn, heard, utterances), 120)
-        await sender
+        listener = asyncio.create_task(listen(conn, heard))
+        await send_audio(append, stream.pcm24(), pace=pace)
+        await until_all_done(listener, heard)
     return heard
 
 
@@ -199,9 +219,9 @@ def file_transcript(server: RunningServer, clips: list[Clip]) -> str:
 
 # --- the GA SDK, real time: events, timing, deltas
 def test_ga_sdk_at_real_time_pace(live_server: RunningServer, speech: dict[str, Clip]) -> None:
-    clip = speech["ls_1988-24833-0001"]  # 7.9 s, one sentence
+    clip = speech["ls_1272-141231-0002"]  # 13 s, one sentence: time for text while it is spoken
     stream = padded([clip])
-    heard = asyncio.run(ga_session(live_server, stream, pace=1.0, utterances=1))
+    heard = asyncio.run(ga_session(live_server, stream, pace=1.0))
 
     created = heard.of("session.created")[0]
     assert created.session.type == "transcription"
@@ -223,10 +243,12 @@ def test_ga_sdk_at_real_time_pace(live_server: RunningServer, speech: dict[str, 
     assert done and done[0].item.content[0].transcript == completed[0].transcript
 
     # Text arrives while the person is still speaking, and the deltas join to the transcript.
-    assert (
-        heard.arrived["conversation.item.input_audio_transcription.delta"]
-        < heard.arrived["input_audio_buffer.speech_stopped"]
-    )
+    delta_kind = "conversation.item.input_audio_transcription.delta"
+    assert any(
+        heard.first(delta_kind, e.item_id)
+        < heard.first("input_audio_buffer.speech_stopped", e.item_id)
+        for e in started
+    ), [(e.type, round(t, 2)) for e, t in zip(heard.events, heard.arrived, strict=True)]
     deltas = heard.deltas_by_item()
     for event in completed:
         assert deltas.get(event.item_id, "") == event.transcript
@@ -246,32 +268,9 @@ def test_ga_sdk_faster_than_real_time_matches_the_file_endpoint(
     clips = [speech[i] for i in ids]
     stream = padded(clips, gap=1.5)
 
-    async def run() -> Heard:
-        heard = Heard()
-        async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
-            await c.session.update(session={"type": "transcription", "audio": {"input": {
-                "transcription": {"model": TINY, "language": "en"}}}})  # fmt: skip
-
-            async def append(audio: str) -> None:
-                await c.input_audio_buffer.append(audio=audio)
-
-            sender = asyncio.create_task(send_audio(append, stream.pcm24(), pace=4.0))
-            await sender
-
-            async def finished() -> None:
-                # Every utterance that started is done (the tail of silence stops the last).
-                async for event in c:
-                    heard.events.append(event)
-                    assert event.type != "error", event
-                    done = len(heard.of("conversation.item.done"))
-                    started = len(heard.of("input_audio_buffer.speech_started"))
-                    if done >= len(clips) and done == started:
-                        return
-
-            await asyncio.wait_for(finished(), 120)
-        return heard
-
-    heard = asyncio.run(run())
+    update = {"type": "transcription", "audio": {"input": {
+        "transcription": {"model": TINY, "language": "en"}}}}  # fmt: skip
+    heard = asyncio.run(ga_session(live_server, stream, pace=4.0, update=update))
     assert len(heard.of("input_audio_buffer.committed")) >= len(clips)
     reference = " ".join(c.text for c in clips)
     live = wer(reference, heard.transcript())
@@ -396,9 +395,7 @@ def test_four_sessions_next_to_file_requests(
             return statuses
 
     async def run() -> tuple[list[Heard], list[int]]:
-        sessions = [
-            ga_session(live_server, padded([speech[i]]), pace=2.0, utterances=1) for i in ids
-        ]
+        sessions = [ga_session(live_server, padded([speech[i]]), pace=2.0) for i in ids]
         *heard, statuses = await asyncio.gather(*sessions, files())
         return heard, statuses
 

@@ -45,9 +45,6 @@ class TranscriptionOptions:
     task: Task = "transcribe"
     prompt: str | None = None  # decoding context (Whisper's initial prompt)
     hotwords: str | None = None
-    # Text the transcript is known to start with (decoding continues after it; the segments
-    # hold only what follows): live transcription's already-sent words.
-    prefix: str | None = None
     temperature: float | None = None  # None: the engine's fallback schedule
     word_timestamps: bool = False
     beam_size: int | None = None  # None: the model's configured default

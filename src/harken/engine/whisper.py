@@ -123,7 +123,6 @@ class FasterWhisperTranscriber:
             temperature=temperature,
             initial_prompt=options.prompt or None,
             hotwords=options.hotwords or None,
-            prefix=options.prefix or None,
             word_timestamps=options.word_timestamps,
             vad_filter=False,
             condition_on_previous_text=True,

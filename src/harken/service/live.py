@@ -5,8 +5,9 @@ speech starts and stops; an utterance is the speech between, with `prefix_paddin
 before it. While the person speaks, the growing utterance is decoded again at a bounded rate
 (a partial decode), and words are sent only once two decodes in a row agree on them
 (LocalAgreement): what is sent is never taken back, so deltas only ever append. When speech
-stops, the utterance is decoded once more with the sent words as the forced start of the text
-(Whisper's prefix), so the final transcript always begins with what was sent.
+stops, the utterance is read as a file is (the same path and quality as POST
+/v1/audio/transcriptions); the sent words stay, and the final text's words after them (found by
+aligning the two) complete the transcript, so the deltas always join to it.
 
 Partial decodes are a luxury: skipped while the server has a queue, while the session waits for
 a final, and never more than `partial slots` at once server-wide. Finals are never skipped; they
@@ -25,15 +26,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import difflib
 import logging
 import math
+import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +46,6 @@ from harken.errors import HarkenError, InvalidRequest, RateLimited, ServerError
 from harken.service.transcription import LoadedModel, TranscriptionService
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 _WINDOW = SpeechProbabilities.WINDOW
 # Partial decodes: the first once this much of the utterance is in (its prefix padding
@@ -156,14 +155,15 @@ class _Utterance:
     item_id: str
     start: int  # session sample where its audio begins (the prefix padding included)
     speech_start: int
-    committed: str = ""  # agreed words, as the model wrote them (with their leading spaces)
-    previous: str | None = None  # the last partial decode's whole text
+    # Words sent, as the model wrote them (each with its leading space).
+    committed: list[str] = field(default_factory=list)
+    previous: list[str] | None = None  # the last partial decode's words
     decoded_until: int = 0  # session sample the last partial decode read up to
     final: bool = False
 
     @property
     def sent(self) -> str:
-        return self.committed.lstrip()
+        return "".join(self.committed).lstrip()
 
 
 class LiveSession:
@@ -405,8 +405,7 @@ class LiveSession:
     ) -> None:
         started = time.monotonic()
         try:
-            options = self._decoding_options(utterance.committed, partial=True)
-            text, _ = await self.service.scheduler.run(self._decode, audio, options, cancel)
+            text = await self.service.scheduler.run(self._decode_partial_text, audio, cancel)
         except (Cancelled, RateLimited, HarkenError):
             return
         except Exception:
@@ -426,18 +425,26 @@ class LiveSession:
         )
         if utterance.final or cancel.is_set():
             return
-        self._agree(utterance, utterance.committed + _after_prefix(utterance.committed, text))
+        self._agree(utterance, _words(text))
 
-    def _agree(self, utterance: _Utterance, hypothesis: str) -> None:
-        """LocalAgreement: send the words this decode and the one before agree on."""
-        previous, utterance.previous = utterance.previous, hypothesis
+    def _agree(self, utterance: _Utterance, words: list[str]) -> None:
+        """LocalAgreement: send the words this decode and the one before agree on, past what
+        was sent (found in each decode by aligning it with the sent words)."""
+        previous, utterance.previous = utterance.previous, words
         if previous is None:
             return
-        agreed = _agreed_prefix(previous, hypothesis)
-        if len(agreed) <= len(utterance.committed):
+        new = _after(utterance.committed, words)
+        before = _after(utterance.committed, previous)
+        agreed = 0
+        # The decode's last word may be cut off by the end of the audio: never agreed on yet.
+        while agreed < min(len(new) - 1, len(before)) and _same(new[agreed], before[agreed]):
+            agreed += 1
+        if not agreed:
             return
         sent = utterance.sent
-        utterance.committed = agreed
+        if not utterance.committed:
+            new[0] = new[0].lstrip()
+        utterance.committed += new[:agreed]
         self.events.put_nowait(Delta(utterance.item_id, utterance.sent[len(sent) :]))
 
     def _stop_partial(self, utterance: _Utterance) -> None:
@@ -466,55 +473,44 @@ class LiveSession:
                 self._finals_pending -= 1
 
     async def _final(self, utterance: _Utterance, audio: np.ndarray) -> None:
-        seconds = audio.shape[0] / SAMPLE_RATE
-        if self.options.turn_detection is None:
-            await self._final_buffer(utterance, audio)
-            return
-        options = self._decoding_options(utterance.committed, partial=False)
-        text, words = await self._never_skipped(self._decode, audio, options, self._closed)
-        transcript = (utterance.committed + _after_prefix(utterance.committed, text)).strip()
-        rest = transcript[len(utterance.sent) :]
-        if rest:
-            self.events.put_nowait(Delta(utterance.item_id, rest))
-        logprobs = tuple(words) if self.options.logprobs else None
-        self.events.put_nowait(Completed(utterance.item_id, transcript, seconds, logprobs))
-
-    async def _final_buffer(self, utterance: _Utterance, audio: np.ndarray) -> None:
-        """A committed buffer of any length, transcribed as a file is; text sent as decoded."""
+        """The utterance read as a file is (the same path, the same quality). With turn
+        detection, the words already sent stay and the text after them follows as one delta;
+        without it, the text is sent as it is decoded."""
         options = TranscriptionOptions(
             language=self.options.language,
             prompt=self.options.prompt,
             word_timestamps=self.options.logprobs,
         )
+        live = self.options.turn_detection is not None
         job = await self._never_skipped_stream(audio, options)
-        transcript = ""
+        words: list[str] = []
         logprobs: list[tuple[str, float]] = []
         try:
             async for segment in job:
-                piece = segment.text if transcript else segment.text.lstrip()
-                if piece:
-                    transcript += piece
+                piece = segment.text if words else segment.text.lstrip()
+                words += _words(piece)
+                if piece and not live:
                     self.events.put_nowait(Delta(utterance.item_id, piece))
                 logprobs += [(w.word, _log(w.probability)) for w in segment.words or ()]
         finally:
             await job.aclose()
-        seconds = audio.shape[0] / SAMPLE_RATE
+        if live:
+            rest = _after(utterance.committed, words)
+            if rest and utterance.committed and not rest[0][:1].isspace():
+                rest[0] = " " + rest[0]
+            transcript = ("".join(utterance.committed) + "".join(rest)).strip()
+            if transcript[len(utterance.sent) :]:
+                self.events.put_nowait(Delta(utterance.item_id, transcript[len(utterance.sent) :]))
+        else:
+            transcript = "".join(words).strip()
         self.events.put_nowait(
             Completed(
                 utterance.item_id,
-                transcript.rstrip(),
-                seconds,
+                transcript,
+                audio.shape[0] / SAMPLE_RATE,
                 tuple(logprobs) if self.options.logprobs else None,
             )
         )
-
-    async def _never_skipped(self, fn: Callable[..., T], *args: Any) -> T:
-        """A final's model call: when the server is full it waits for a place, never gives up."""
-        while True:
-            try:
-                return await self.service.scheduler.run(fn, *args)
-            except RateLimited as full:
-                await asyncio.sleep(min(1.0, full.retry_after or 1) / 4)
 
     async def _never_skipped_stream(self, audio: np.ndarray, options: TranscriptionOptions) -> Any:
         while True:
@@ -524,58 +520,45 @@ class LiveSession:
                 await asyncio.sleep(min(1.0, full.retry_after or 1) / 4)
 
     # --- decoding
-    def _decoding_options(self, committed: str, *, partial: bool) -> TranscriptionOptions:
+    def _decode_partial_text(self, audio: np.ndarray, cancel: threading.Event) -> str:
+        """A partial decode on a worker thread: the model's own beam, no temperature fallback
+        (a guess that the next decode checks, at a bounded cost)."""
         options = TranscriptionOptions(
-            language=self.options.language,
-            prompt=self.options.prompt,
-            prefix=committed.strip() or None,
-            word_timestamps=self.options.logprobs,
+            language=self.options.language, prompt=self.options.prompt, temperature=0.0
         )
-        if partial:
-            # A guess that the next decode checks: greedy, no temperature fallback.
-            options = dataclasses.replace(options, beam_size=1, temperature=0.0)
-        return options
-
-    def _decode(
-        self, audio: np.ndarray, options: TranscriptionOptions, cancel: threading.Event
-    ) -> tuple[str, list[tuple[str, float]]]:
-        """Decode on a worker thread: the text (the prefix included), and its words' log
-        probabilities when they were asked for."""
         with cancel_scope(cancel):
             result = self.model.transcriber.transcribe(as_float32(audio), options)
-            segments = list(result.segments)
-        text = "".join(segment.text for segment in segments)
-        words = [(w.word, _log(w.probability)) for s in segments for w in s.words or ()]
-        return text, words
+            return "".join(segment.text for segment in result.segments)
 
 
-def _agreed_prefix(previous: str, current: str) -> str:
-    """The longest start of `current` that `previous` shares and that ends between whole words
-    in both: the next character is a space in `current` (a word follows, so the last agreed
-    word is complete) and a space or the end in `previous`."""
-    common = 0
-    for a, b in zip(previous, current, strict=False):
-        if a != b:
-            break
-        common += 1
-    for end in range(common, 0, -1):
-        word_ends = end < len(current) and current[end].isspace() and not current[end - 1].isspace()
-        if word_ends and (end == len(previous) or previous[end].isspace()):
-            return current[:end]
-    return ""
+def _words(text: str) -> list[str]:
+    """Words as the model wrote them, each with its leading space (joined, the text again)."""
+    return re.findall(r"\s*\S+", text)
 
 
-def _after_prefix(prefix: str, text: str) -> str:
-    """The decoded text less the forced prefix it starts with (CTranslate2 returns the prefix as
-    part of the result; Whisper's tokenizer gave it one leading space)."""
-    head = prefix.strip()
-    if not head:
-        return text
-    if text.startswith(" " + head):
-        return text[len(head) + 1 :]
-    if text.lstrip().startswith(head):
-        return text.lstrip()[len(head) :]
-    return text
+def _normal(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def _same(a: str, b: str) -> bool:
+    return _normal(a) == _normal(b)
+
+
+def _after(sent: list[str], words: list[str]) -> list[str]:
+    """The words of a decode that come after the `sent` words: the decode is aligned with them
+    (case and punctuation aside), as a later decode may read the sent words differently."""
+    if not sent:
+        return list(words)
+    matcher = difflib.SequenceMatcher(
+        None, [_normal(w) for w in sent], [_normal(w) for w in words], autojunk=False
+    )
+    blocks = [b for b in matcher.get_matching_blocks() if b.size]
+    if not blocks:
+        return list(words[len(sent) :])
+    last = blocks[-1]
+    # Sent words after the last match stand for as many words of the decode.
+    end = last.b + last.size + (len(sent) - last.a - last.size)
+    return list(words[end:])
 
 
 def _commit_empty(seconds: float) -> InvalidRequest:
