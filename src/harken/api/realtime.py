@@ -294,6 +294,8 @@ async def _read_events(
                 "idle_timeout",
             )
         if message["type"] == "websocket.disconnect":
+            if connection.service.shutting_down:
+                return "shutdown", None
             code = message.get("code", 1000)
             return ("client_closed" if code in (1000, 1001) else "client_gone"), None
         if connection.service.shutting_down:

@@ -53,6 +53,7 @@ _WINDOW = SpeechProbabilities.WINDOW
 # longer (a slow machine decodes less often; one session never keeps a core busy with guesses).
 _FIRST_PARTIAL_SECONDS = 0.8
 _PARTIAL_STEP_SECONDS = 0.4
+_HELD_WORDS = 2  # a decode's last words are not agreed on until more audio follows them
 # An utterance is cut before Whisper's window is full, at its quietest moment in the last
 # `_CUT_SEARCH_SECONDS` (smoothed over `_CUT_SMOOTH` VAD windows).
 _MAX_UTTERANCE_SECONDS = 28.0
@@ -182,7 +183,7 @@ class LiveSession:
         self.options = options
         self.partial_slots = partial_slots
         self.events: asyncio.Queue[LiveEvent] = asyncio.Queue()
-        self._closed = threading.Event()  # stops every model call of this session
+        self._closed = False
         self._previous_item: str | None = None
         self._finals: asyncio.Queue[tuple[_Utterance, np.ndarray]] = asyncio.Queue()
         self._finals_pending = 0
@@ -269,8 +270,9 @@ class LiveSession:
         await self.events.put(Cleared())
 
     async def close(self) -> None:
-        """Stop everything at once: model calls in flight stop before their next step."""
-        self._closed.set()
+        """Stop everything at once: model calls in flight stop before their next step (the
+        final's job is closed as its task is cancelled; a partial's by its event)."""
+        self._closed = True
         if self._partial_cancel is not None:
             self._partial_cancel.set()
         self._final_worker.cancel()
@@ -382,7 +384,7 @@ class LiveSession:
     # --- partial decodes
     def _maybe_partial(self) -> None:
         utterance = self._utterance
-        if utterance is None or self._partial is not None or self._finals_pending:
+        if utterance is None or self._partial is not None or self._finals_pending or self._closed:
             return
         heard = self._received - utterance.start
         if heard < _FIRST_PARTIAL_SECONDS * SAMPLE_RATE:
@@ -436,8 +438,11 @@ class LiveSession:
         new = _after(utterance.committed, words)
         before = _after(utterance.committed, previous)
         agreed = 0
-        # The decode's last word may be cut off by the end of the audio: never agreed on yet.
-        while agreed < min(len(new) - 1, len(before)) and _same(new[agreed], before[agreed]):
+        # The last words of a decode were read next to the end of the audio, where both decodes
+        # may be wrong the same way ("am I" for "my" when "fellow" is cut): held back.
+        while agreed < min(len(new) - _HELD_WORDS, len(before)) and _same(
+            new[agreed], before[agreed]
+        ):
             agreed += 1
         if not agreed:
             return
