@@ -3,7 +3,7 @@
 Audio arrives in pieces. With server VAD (Silero, as for long files) the session finds where
 speech starts and stops; an utterance is the speech between, with `prefix_padding_ms` of audio
 before it. While the person speaks, the growing utterance is decoded again at a bounded rate
-(a partial decode), and words are sent only once two decodes in a row agree on them
+(a partial decode), and words are sent only once three decodes in a row agree on them
 (LocalAgreement): what is sent is never taken back, so deltas only ever append. When speech
 stops, the utterance is read as a file is (the same path and quality as POST
 /v1/audio/transcriptions); the sent words stay, and the final text's words after them (found by
@@ -53,7 +53,11 @@ _WINDOW = SpeechProbabilities.WINDOW
 # longer (a slow machine decodes less often; one session never keeps a core busy with guesses).
 _FIRST_PARTIAL_SECONDS = 0.8
 _PARTIAL_STEP_SECONDS = 0.4
-_HELD_WORDS = 2  # a decode's last words are not agreed on until more audio follows them
+# Words are sent once this many decodes in a row agree on them, and not while they are among
+# a decode's last `_HELD_WORDS`. Measured on 14 clips (tiny.en, a decode every 0.4 s): two
+# decodes agreeing put the transcripts 2.8 points of WER behind a fresh decode's, three 0.4.
+_AGREEING = 3
+_HELD_WORDS = 2
 # An utterance is cut before Whisper's window is full, at its quietest moment in the last
 # `_CUT_SEARCH_SECONDS` (smoothed over `_CUT_SMOOTH` VAD windows).
 _MAX_UTTERANCE_SECONDS = 28.0
@@ -158,7 +162,7 @@ class _Utterance:
     speech_start: int
     # Words sent, as the model wrote them (each with its leading space).
     committed: list[str] = field(default_factory=list)
-    previous: list[str] | None = None  # the last partial decode's words
+    recent: list[list[str]] = field(default_factory=list)  # the last partial decodes' words
     decoded_until: int = 0  # session sample the last partial decode read up to
     final: bool = False
 
@@ -401,6 +405,14 @@ class LiveSession:
         cancel = threading.Event()
         self._partial_cancel = cancel
         self._partial = asyncio.create_task(self._decode_partial(utterance, audio, cancel))
+        # Called even when the task is cancelled before it starts: the slot always comes back.
+        self._partial.add_done_callback(self._partial_done)
+
+    def _partial_done(self, task: asyncio.Task[None]) -> None:
+        self.partial_slots.give_back()
+        if self._partial is task:
+            self._partial = None
+            self._partial_cancel = None
 
     async def _decode_partial(
         self, utterance: _Utterance, audio: np.ndarray, cancel: threading.Event
@@ -413,10 +425,6 @@ class LiveSession:
         except Exception:
             log.exception("a partial decode failed")
             return
-        finally:
-            self.partial_slots.give_back()
-            self._partial = None
-            self._partial_cancel = None
         spent = time.monotonic() - started
         self._partial_step = int(max(_PARTIAL_STEP_SECONDS, spent) * SAMPLE_RATE)
         log.debug(
@@ -430,25 +438,22 @@ class LiveSession:
         self._agree(utterance, _words(text))
 
     def _agree(self, utterance: _Utterance, words: list[str]) -> None:
-        """LocalAgreement: send the words this decode and the one before agree on, past what
-        was sent (found in each decode by aligning it with the sent words)."""
-        previous, utterance.previous = utterance.previous, words
-        if previous is None:
+        """LocalAgreement: send the words the last `_AGREEING` decodes agree on, past what was
+        sent (found in each decode by aligning it with the sent words)."""
+        utterance.recent = [*utterance.recent, words][-_AGREEING:]
+        if len(utterance.recent) < _AGREEING:
             return
-        new = _after(utterance.committed, words)
-        before = _after(utterance.committed, previous)
+        tails = [_after(utterance.committed, decode) for decode in utterance.recent]
+        new, earlier = tails[-1], tails[:-1]
+        # The last words of a decode were read next to the end of the audio, where decodes
+        # may all be wrong the same way ("am I" for "my" while "fellow" is cut): held back.
+        limit = min([len(new) - _HELD_WORDS, *(len(tail) for tail in earlier)])
         agreed = 0
-        # The last words of a decode were read next to the end of the audio, where both decodes
-        # may be wrong the same way ("am I" for "my" when "fellow" is cut): held back.
-        while agreed < min(len(new) - _HELD_WORDS, len(before)) and _same(
-            new[agreed], before[agreed]
-        ):
+        while agreed < limit and all(_same(new[agreed], tail[agreed]) for tail in earlier):
             agreed += 1
         if not agreed:
             return
         sent = utterance.sent
-        if not utterance.committed:
-            new[0] = new[0].lstrip()
         utterance.committed += new[:agreed]
         self.events.put_nowait(Delta(utterance.item_id, utterance.sent[len(sent) :]))
 
