@@ -690,3 +690,24 @@ def test_keys_headers_subprotocol_and_client_secrets(live_server: RunningServer)
         assert refused.value.response.status_code == 400
 
     asyncio.run(run())
+
+
+def test_an_utterance_over_30_seconds_is_cut_at_a_pause(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    """With a long `silence_duration_ms`, clips with short pauses between them are one
+    utterance past Whisper's 30 s window: it is cut into items of at most 30 s, and no passage
+    is lost at the cuts."""
+    ids = ["ls_2412-153948-0000", "ls_2412-153948-0001", "ls_1089-134686-0000",
+           "ls_1272-128104-0000"]  # fmt: skip
+    clips = [speech[i] for i in ids]
+    stream = padded(clips, gap=0.6, tail=3.0)
+    update = {"type": "transcription", "audio": {"input": {
+        "transcription": {"model": TINY, "language": "en"},
+        "turn_detection": {"type": "server_vad", "silence_duration_ms": 2000}}}}  # fmt: skip
+    heard = asyncio.run(ga_session(live_server, stream, pace=8.0, update=update))
+    completed = heard.of("conversation.item.input_audio_transcription.completed")
+    assert len(completed) >= 2, [e.transcript for e in completed]
+    assert all(e.usage.seconds <= 30 for e in completed), [e.usage.seconds for e in completed]
+    reference = " ".join(c.text for c in clips)
+    assert wer(reference, heard.transcript()) <= 0.15, heard.transcript()

@@ -253,7 +253,7 @@ async def _serve(
     sender = asyncio.create_task(_send_events(connection, session))
     try:
         await connection.send(connection.info.created(session.options, model.entry.name))
-        return await _read_events(connection, session, state)
+        return await _read_events(connection, session)
     except WebSocketDisconnect:
         return "client_gone", None
     finally:
@@ -271,7 +271,7 @@ async def _send_events(connection: _Connection, session: LiveSession) -> None:
 
 
 async def _read_events(
-    connection: _Connection, session: LiveSession, state: RealtimeState
+    connection: _Connection, session: LiveSession
 ) -> tuple[str, HarkenError | None]:
     settings = connection.settings
     deadline = time.monotonic() + settings.realtime_max_session_seconds

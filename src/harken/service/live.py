@@ -9,8 +9,8 @@ stops, the utterance is read as a file is (the same path and quality as POST
 /v1/audio/transcriptions); the sent words stay, and the final text's words after them (found by
 aligning the two) complete the transcript, so the deltas always join to it.
 
-Partial decodes are a luxury: skipped while the server has a queue, while the session waits for
-a final, and never more than `partial slots` at once server-wide. Finals are never skipped; they
+Partial decodes are a luxury: skipped while the server has a queue or any session's final is
+being decoded, and never more than `PartialSlots.limit` at once server-wide. Finals are never skipped; they
 run in order, one utterance at a time per session, through the same scheduler and batcher as
 file requests. An utterance is cut at its quietest moment before Whisper's 30-second window is
 full, so its cost stays bounded and lag does not grow over a long session.
@@ -139,14 +139,16 @@ def new_item_id() -> str:
 
 
 class PartialSlots:
-    """How many partial decodes may run at once, across every session of a server."""
+    """How many partial decodes may run at once, across every session of a server: none while
+    any session's final transcription is under way (finals first), else up to `limit`."""
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
         self.taken = 0
+        self.finals_running = 0
 
     def take(self) -> bool:
-        if self.taken >= self.limit:
+        if self.taken >= self.limit or self.finals_running:
             return False
         self.taken += 1
         return True
@@ -279,7 +281,6 @@ class LiveSession:
         self._closed = True
         if self._partial_cancel is not None:
             self._partial_cancel.set()
-        self._final_worker.cancel()
         tasks = [self._final_worker, *([self._partial] if self._partial else [])]
         for task in tasks:
             task.cancel()
@@ -466,6 +467,7 @@ class LiveSession:
     async def _run_finals(self) -> None:
         while True:
             utterance, audio = await self._finals.get()
+            self.partial_slots.finals_running += 1
             try:
                 await self._final(utterance, audio)
             except asyncio.CancelledError:
@@ -481,6 +483,7 @@ class LiveSession:
                 )
             finally:
                 self._finals_pending -= 1
+                self.partial_slots.finals_running -= 1
 
     async def _final(self, utterance: _Utterance, audio: np.ndarray) -> None:
         """The utterance read as a file is (the same path, the same quality). With turn
