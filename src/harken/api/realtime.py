@@ -24,8 +24,7 @@ import secrets
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Body, Depends, Request, WebSocket
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -106,19 +105,30 @@ class ClientSecretRequest(BaseModel):
     session: dict[str, Any] | None = None
 
 
+# The body is optional: none asks for the defaults.
+_NO_BODY = Body(default_factory=ClientSecretRequest)
+
+
+class ClientSecret(BaseModel):
+    value: str
+    expires_at: int
+    session: dict[str, Any]
+
+
 @router.post(
     "/v1/realtime/client_secrets",
     dependencies=[Depends(require_api_key)],
     summary="A short-lived token that opens one Realtime session (for browsers)",
 )
-async def client_secrets(request: Request, body: ClientSecretRequest | None = None) -> Any:
+async def client_secrets(request: Request, body: ClientSecretRequest = _NO_BODY) -> ClientSecret:
     settings: Settings = request.app.state.settings
     seconds = settings.realtime_client_secret_seconds
-    if body is not None and body.expires_after is not None and body.expires_after.seconds:
+    if body.expires_after is not None and body.expires_after.seconds:
         seconds = body.expires_after.seconds
     value, expires = realtime_state(request.app).secrets.issue(seconds)
-    session = (body.session if body is not None else None) or {"type": "transcription"}
-    return JSONResponse({"value": value, "expires_at": expires, "session": session})
+    return ClientSecret(
+        value=value, expires_at=expires, session=body.session or {"type": "transcription"}
+    )
 
 
 # --- the WebSocket

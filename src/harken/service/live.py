@@ -10,10 +10,10 @@ stops, the utterance is read as a file is (the same path and quality as POST
 aligning the two) complete the transcript, so the deltas always join to it.
 
 Partial decodes are a luxury: skipped while the server has a queue or any session's final is
-being decoded, and never more than `PartialSlots.limit` at once server-wide. Finals are never skipped; they
-run in order, one utterance at a time per session, through the same scheduler and batcher as
-file requests. An utterance is cut at its quietest moment before Whisper's 30-second window is
-full, so its cost stays bounded and lag does not grow over a long session.
+being decoded, and never more than `PartialSlots.limit` at once server-wide. Finals are never
+skipped; they run in order, one utterance at a time per session, through the same scheduler and
+batcher as file requests. An utterance is cut at its quietest moment before Whisper's 30-second
+window is full, so its cost stays bounded and lag does not grow over a long session.
 
 Without turn detection the client commits the buffer itself; the buffer is then transcribed
 as a file is (long audio cut at pauses), its text sent as deltas as it is decoded.
