@@ -340,7 +340,8 @@ def test_beta_client_with_mu_law(live_server: RunningServer, speech: dict[str, C
 
 def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> None:
     """`turn_detection: null`: nothing happens until the client commits; then the buffer is
-    transcribed (text streamed as deltas), and an empty commit is an error event."""
+    transcribed (text streamed as deltas, word log probabilities when asked for), and an empty
+    commit is an error event."""
     clip = speech["ls_2412-153948-0001"]
     pcm = resample(decode_pcm16(clip.bytes()), 24_000).astype("<i2").tobytes()
 
@@ -349,7 +350,8 @@ def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> N
         after: list[Any] = []
         async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
             await c.session.update(session={"type": "transcription", "audio": {"input": {
-                "transcription": {"model": TINY}, "turn_detection": None}}})  # fmt: skip
+                "transcription": {"model": TINY}, "turn_detection": None}},
+                "include": ["item.input_audio_transcription.logprobs"]})  # fmt: skip
             for begin in range(0, len(pcm), 96_000):
                 await c.input_audio_buffer.append(
                     audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
@@ -373,6 +375,9 @@ def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> N
     deltas = "".join(e.delta for e in after if e.type.endswith("transcription.delta"))
     assert deltas == completed.transcript
     assert wer(clip.text, completed.transcript) <= 0.15, completed.transcript
+    tokens = [p.token for p in completed.logprobs]
+    assert "".join(tokens).strip() == completed.transcript.strip()
+    assert all(p.logprob <= 0 for p in completed.logprobs)
     error = after[-1].error
     assert error.code == "input_audio_buffer_commit_empty" and error.event_id == "evt_commit_2"
 
