@@ -272,7 +272,8 @@ def main() -> None:
                         finals += [final] if final is not None else []
                         firsts += [first] if first is not None else []
                         pairs.append(pair)
-                file_p50, file_wer = file_baseline(server, chosen[: args.clips], model)
+                unique = list({c.id: c for c in chosen}.values())  # the clips the sessions read
+                file_p50, file_wer = file_baseline(server, unique, model)
                 silent = asyncio.run(silent_cpu(server, url, sessions, args.silent_seconds))
                 rows.append({
                     "model": model, "sessions": sessions, "utterances": len(finals),
