@@ -154,6 +154,49 @@ def test_sdk_stream_deltas_join_to_the_done_text(openai_client, speech, english_
     assert done.usage.type == "duration" and done.usage.seconds == 11
 
 
+def test_a_verbose_json_stream_carries_the_segments_language_and_duration(openai_client, speech):
+    """One pass gives what verbose_json gives: each segment's times follow its delta (OpenAI's
+    `transcript.text.segment`), and the done event says the language and duration."""
+    clip = speech[ENGLISH]
+    whole = openai_client.audio.transcriptions.create(
+        file=clip.path, model=TINY, response_format="verbose_json",
+        timestamp_granularities=["segment"],
+    )  # fmt: skip
+    events = list(
+        openai_client.audio.transcriptions.create(
+            file=clip.path, model=TINY, response_format="verbose_json", stream=True
+        )
+    )
+    *body, done = events
+    assert [e.type for e in body] == ["transcript.text.delta", "transcript.text.segment"] * len(
+        whole.segments
+    )
+    segments = body[1::2]
+    assert [(s.start, s.end, s.text) for s in segments] == [
+        (round(s.start, 3), round(s.end, 3), s.text.strip()) for s in whole.segments
+    ]
+    assert [s.id for s in segments] == [f"seg_{i}" for i in range(len(segments))]
+    assert "".join(e.delta for e in body[0::2]) == done.text == whole.text
+    assert (done.language, done.duration) == (whole.language, whole.duration) == ("english", 11.0)
+    assert done.usage.seconds == 11
+
+
+def test_a_verbose_json_translation_stream_says_english(server, speech):
+    response = post(
+        server,
+        "translations",
+        clip=speech["picovoice_test_es"],
+        data={"model": "whisper-base", "stream": "true", "response_format": "verbose_json"},
+    )
+    assert response.status_code == 200, response.text
+    *events, done, end = sse_payloads(response.text)
+    assert end == "[DONE]" and done["language"] == "english" and done["duration"] > 8
+    segments = [e for e in events if e["type"] == "transcript.text.segment"]
+    assert segments and all(0 <= e["start"] <= e["end"] <= done["duration"] for e in segments)
+    assert " ".join(e["text"] for e in segments) == done["text"]
+    assert looks_english(done["text"]), done
+
+
 def test_an_engine_failure_mid_stream_is_an_error_event(server, speech, monkeypatch):
     """The clip twice, 20 s apart (so read as two pieces); the model fails on the second."""
     loaded = server.service._models[TINY]

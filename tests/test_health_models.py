@@ -19,6 +19,16 @@ def test_models_lists_every_name_a_client_may_send(server):
         assert isinstance(model["created"], int)
 
 
+def test_models_say_which_languages_they_know(server):
+    """An extension for clients that offer a language list (the web page): a loaded model's
+    languages, under its own name and its aliases'."""
+    models = {m["id"]: m for m in httpx.get(f"{server.url}/v1/models").json()["data"]}
+    assert models["whisper-tiny.en"]["languages"] == ["en"]
+    base = models["whisper-base"]["languages"]
+    assert len(base) >= 99 and {"en", "de", "zh", "yue"} <= set(base) and base == sorted(base)
+    assert models["mimo-v2.5-asr"]["languages"] == models["whisper-1"]["languages"] == base
+
+
 def test_one_model_and_an_unknown_one(server, assert_error):
     body = httpx.get(f"{server.url}/v1/models/mimo-v2.5-asr").json()
     assert body["id"] == "mimo-v2.5-asr"

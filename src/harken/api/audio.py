@@ -23,8 +23,8 @@ from harken.api.sse import sse_error, sse_event, sse_headers
 from harken.engine import Segment, SegmentationOptions, TranscriptionInfo, TranscriptionOptions
 from harken.engine.types import ChineseScript, Task
 from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest
-from harken.formats import ResponseFormat, TextJoiner, render
-from harken.languages import language_code
+from harken.formats import ResponseFormat, TextJoiner, fit_to_duration, render
+from harken.languages import language_code, language_name
 from harken.service.scheduler import JobStream
 from harken.service.transcription import AudioUsage, TranscriptionService, duration_of
 
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI audio"])
 
 GRANULARITIES = ("segment", "word")
+# verbose_json streams add each segment's times (OpenAI's `transcript.text.segment` event) and
+# the language and duration to the done event.
+STREAM_FORMATS = ("json", "text", "verbose_json")
 
 
 def _blank_to_none(value: str | None) -> str | None:
@@ -84,10 +87,10 @@ class AudioRequest:
                 "place for them.",
                 param="timestamp_granularities[]",
             )
-        if self.stream and self.response_format not in ("json", "text"):
+        if self.stream and self.response_format not in STREAM_FORMATS:
             raise InvalidRequest(
-                f"stream=true sends text events and cannot carry {self.response_format}; use "
-                "response_format json or text with stream=true, or stream=false.",
+                f"stream=true sends events and cannot carry {self.response_format}; use "
+                "response_format json, text or verbose_json with stream=true, or stream=false.",
                 param="stream",
             )
 
@@ -210,8 +213,11 @@ async def _respond(request: Request, file: UploadFile, body: AudioRequest) -> Re
     # Started before answering, so that errors (and 429s) keep their HTTP status.
     job = await service.transcribe(loaded, audio, options)
     if body.stream:
+        verbose = body.response_format == "verbose_json"
         return StreamingResponse(
-            _events(job, usage), media_type="text/event-stream", headers=sse_headers()
+            _events(job, usage, task=body.task if verbose else None),
+            media_type="text/event-stream",
+            headers=sse_headers(),
         )
     try:
         segments = [segment async for segment in job]
@@ -226,22 +232,45 @@ async def _respond(request: Request, file: UploadFile, body: AudioRequest) -> Re
 
 
 async def _events(
-    job: JobStream[TranscriptionInfo, Segment], usage: AudioUsage
+    job: JobStream[TranscriptionInfo, Segment], usage: AudioUsage, *, task: Task | None = None
 ) -> AsyncIterator[bytes]:
-    """One delta per recognised segment; the deltas join exactly to the done event's text."""
+    """One delta per recognised segment; the deltas join exactly to the done event's text.
+
+    With a `task` (verbose_json), each delta is followed by its segment's times (OpenAI's
+    `transcript.text.segment`) and the done event adds the language and duration, so that a
+    client can show progress and build subtitles from the one pass."""
+    verbose = task is not None
     joiner = TextJoiner()
+    sent = 0
     try:
         async for segment in job:
             delta = joiner.add(segment.text)
             if delta:
                 yield sse_event({"type": "transcript.text.delta", "delta": delta})
-        yield sse_event(
-            {
-                "type": "transcript.text.done",
-                "text": joiner.text,
-                "usage": {"type": "duration", "seconds": usage.seconds},
-            }
-        )
+            if delta and verbose:
+                # Times cut at the end of the audio, as in verbose_json and the subtitles.
+                (segment,) = fit_to_duration([segment], job.head.duration)
+                yield sse_event(
+                    {
+                        "type": "transcript.text.segment",
+                        "id": f"seg_{sent}",
+                        "start": round(segment.start, 3),
+                        "end": round(segment.end, 3),
+                        "text": segment.text.strip(),
+                    }
+                )
+                sent += 1
+        done: dict[str, Any] = {
+            "type": "transcript.text.done",
+            "text": joiner.text,
+            "usage": {"type": "duration", "seconds": usage.seconds},
+        }
+        if verbose:
+            # As verbose_json says it: a translation's language is English.
+            english = task == "translate"
+            done["language"] = "english" if english else language_name(job.head.language)
+            done["duration"] = round(job.head.duration, 3)
+        yield sse_event(done)
         yield b"data: [DONE]\n\n"
     except Exception as exc:
         yield sse_error(exc)

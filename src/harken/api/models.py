@@ -14,12 +14,18 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 
 def _model_object(service: TranscriptionService, name: str) -> dict[str, Any]:
-    return {
+    model: dict[str, Any] = {
         "id": name,
         "object": "model",
         "created": service.started_at,
         "owned_by": service.catalog.owner(name),
     }
+    # An extension OpenAI's clients ignore: the languages a loaded model knows (["en"] for an
+    # English-only one), so that a client can offer only those. Unknown until it is loaded.
+    transcriber = service.transcribers().get(service.catalog.resolve_name(name) or name)
+    if transcriber is not None:
+        model["languages"] = sorted(transcriber.supported_languages())
+    return model
 
 
 @router.get("/v1/models", summary="List the models and aliases this server answers to")
