@@ -97,7 +97,7 @@ def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech,
     page.get_by_label("Language").select_option("en")
     page.get_by_label("Audio or video file").set_input_files(str(clip.path))
     expect(page.locator("#audio-info")).to_contain_text(clip.path.name)
-    # Count the text the page appends while the stream is still open.
+    # Count the text the page appends while the stream is still open, and the progress shown.
     page.evaluate(
         """() => {
             window.deltaNodes = 0;
@@ -105,12 +105,29 @@ def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech,
                 for (const c of changes) window.deltaNodes += [...c.addedNodes]
                     .filter((n) => n.nodeType === Node.TEXT_NODE).length;
             }).observe(document.getElementById("transcript"), {childList: true});
+            // Every value the bar held: each change's old value (changes come in batches).
+            window.progress = [];
+            new MutationObserver((changes) => {
+                for (const c of changes) window.progress.push(Number(c.oldValue));
+            }).observe(document.getElementById("progress"),
+                       {attributes: true, attributeFilter: ["value"], attributeOldValue: true});
         }"""
+    )
+    audio_requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: audio_requests.append(r.url) if "/v1/audio/" in r.url else None,
     )
     page.get_by_role("button", name="Transcribe").click()
     expect(page.locator("#status")).to_have_text(re.compile(r"^Done in"), timeout=300_000)
     text = page.locator("#transcript").inner_text()
     assert wer(clip.text, text) < 0.25, text
+    # Progress went through the audio: part-way after the first segment, then the whole.
+    progress = page.evaluate("[...window.progress, document.getElementById('progress').value]")
+    assert any(0 < value < 1 for value in progress) and progress[-1] == 1, progress
+    assert progress == sorted(progress), progress
+    expect(page.locator("#progress-text")).to_have_text("0:11 of 0:11")
+    expect(page.locator("#language-info")).to_have_text("Language (chosen): english")
 
     with page.expect_download() as download_info:
         page.get_by_role("button", name="Download SRT").click()
@@ -128,7 +145,66 @@ def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech,
     captions = webvtt.read(str(vtt_path)).captions
     assert [c.text for c in captions] == [c.content for c in cues]
     expect(page.locator("#status")).to_have_text("Downloaded jfk_inaugural_1961.vtt.")
+    # The subtitles came from the one streamed pass, and equal the server's own SRT.
+    assert audio_requests == [f"{server.url}/v1/audio/transcriptions"]
+    server_srt = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        files={"file": (clip.path.name, clip.bytes())},
+        data={"model": "whisper-tiny.en", "language": "en", "response_format": "srt"},
+        timeout=300,
+    ).text
+    assert Path(download.path()).read_text() == server_srt
+
+    # The segments with their times; choosing one plays the recording from its start.
+    segments = page.locator("#segments button")
+    assert segments.count() == len(cues)
+    for segment, cue in zip(segments.all(), cues, strict=True):
+        start = cue.start.total_seconds()
+        assert segment.get_attribute("data-start") is not None
+        assert abs(float(segment.get_attribute("data-start") or "") - start) < 0.001
+        assert cue.content in segment.inner_text()
+    last = cues[-1].start.total_seconds()
+    segments.last.click()
+    page.wait_for_function("() => !document.getElementById('preview').paused")
+    position = page.evaluate("document.getElementById('preview').currentTime")
+    assert last - 0.001 <= position < clip.duration, position  # media time is not exact
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+
+def test_languages_fit_the_model_and_translate_switches_endpoint(server, speech, page):
+    from playwright.sync_api import expect
+
+    clip = speech["picovoice_test_es"]
+    page.goto(server.url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    translate = page.get_by_label("Translate into English")
+    languages = page.locator("#language option")
+
+    # English-only: one language, and nothing to translate.
+    page.get_by_label("Model").select_option("whisper-tiny.en")
+    assert page.locator("#language option").evaluate_all("os => os.map((o) => o.value)") == ["en"]
+    expect(translate).to_be_disabled()
+    # Multilingual: detection first, then every language the server says the model knows.
+    page.get_by_label("Model").select_option("whisper-base")
+    listed = httpx.get(f"{server.url}/v1/models").json()["data"]
+    base_languages = next(m["languages"] for m in listed if m["id"] == "whisper-base")
+    values = languages.evaluate_all("os => os.map((o) => o.value)")
+    assert values[0] == "auto" and sorted(values[1:]) == base_languages
+    expect(translate).to_be_enabled()
+
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url) if "/v1/audio/" in r.url else None)
+    translate.check()
+    expect(page.get_by_label("Language")).to_be_disabled()  # Whisper detects what it translates
+    page.get_by_label("Audio or video file").set_input_files(str(clip.path))
+    page.get_by_role("button", name="Translate", exact=True).click()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^Done in"), timeout=300_000)
+    assert requests == [f"{server.url}/v1/audio/translations"]
+    text = page.locator("#transcript").inner_text()
+    words = set(text.lower().replace(",", " ").replace(".", " ").split())
+    assert len(words) >= 5 and not words & {"el", "los", "que", "y", "de", "la"}, text
+    expect(page.locator("#language-info")).to_have_text("Language (translated into): english")
+    assert page.locator("#segments button").count() >= 1
 
 
 def test_record_from_the_microphone(server, speech, page):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException
 from fastapi.responses import Response
 
 router = APIRouter(include_in_schema=False)
@@ -18,9 +18,11 @@ _FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "pcm16-worklet.js": "text/javascript; charset=utf-8",
 }
 
-# Everything the page loads comes from this server; recordings play from blob: URLs.
+# Everything the page loads comes from this server ('self' covers its own ws: for /v1/realtime);
+# recordings play from blob: URLs.
 _SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; media-src 'self' blob:; img-src 'self' data:; "
@@ -46,11 +48,8 @@ async def index() -> Response:
     return _file("index.html")
 
 
-@router.get("/web/app.js")
-async def script() -> Response:
-    return _file("app.js")
-
-
-@router.get("/web/style.css")
-async def style() -> Response:
-    return _file("style.css")
+@router.get("/web/{name}")
+async def asset(name: str) -> Response:
+    if name not in _FILES or name == "index.html":
+        raise HTTPException(status_code=404)
+    return _file(name)
