@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,3 +267,108 @@ def test_keyboard_order_and_labels(server, page):
             .filter((el) => el.labels.length === 0).map((el) => el.id)"""
     )
     assert unlabelled == []
+
+
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+def pcm16_wav(pcm: bytes, rate: int) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(pcm)
+    return out.getvalue()
+
+
+def test_live_page_speaks_the_realtime_protocol(server, speech, page):
+    """The page's side of Live mode against a scripted socket (Playwright's WebSocket routing):
+    the GA session.update it sends, the microphone's audio as PCM16 at 24 kHz (transcribed here
+    by the real server, so the conversion is heard, not just counted), dimmed partial text that
+    turns final, and a clean close."""
+    from playwright.sync_api import expect
+
+    clip = speech[MICROPHONE_CLIP]
+    sent: list[dict[str, Any]] = []
+    sockets: list[Any] = []
+
+    def on_socket(socket: Any) -> None:
+        sockets.append(socket)
+
+        def on_message(message: str | bytes) -> None:
+            event = json.loads(message)
+            sent.append(event)
+            if event["type"] == "session.update":
+                socket.send(json.dumps({"type": "session.updated", "session": event["session"]}))
+
+        socket.on_message(on_message)
+
+    page.route_web_socket(re.compile(r".*/v1/realtime\?intent=transcription$"), on_socket)
+    page.goto(server.url)
+    expect(page.locator("#model option")).not_to_have_count(0)
+    page.get_by_label("Model").select_option("whisper-tiny.en")
+    start = page.get_by_role("button", name="Start live transcription")
+    start.click()
+    expect(page.locator("#live-status")).to_have_text("Listening… speak now.")
+    update = sent[0]
+    assert update["type"] == "session.update"
+    assert update["session"] == {
+        "type": "transcription",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": "whisper-tiny.en", "language": "en"},
+                "turn_detection": {"type": "server_vad"},
+            }
+        },
+    }
+
+    def audio() -> bytes:
+        appends = [e for e in sent if e["type"] == "input_audio_buffer.append"]
+        return b"".join(base64.b64decode(e["audio"]) for e in appends)
+
+    # The clip plays once, then the fake microphone is silent: wait for all of it.
+    deadline = time.monotonic() + clip.duration + 10
+    while len(audio()) < (clip.duration + 1.0) * 24000 * 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    pcm = audio()
+    assert all(len(base64.b64decode(e["audio"])) == 4800 for e in sent[1:]), "100 ms chunks"
+    heard = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        files={"file": ("live.wav", pcm16_wav(pcm, 24000))},
+        data={"model": "whisper-tiny.en", "language": "en"},
+        timeout=300,
+    ).json()["text"]
+    assert wer(clip.text, heard) <= 0.5, heard
+
+    # The server's side, scripted: speech, two deltas, the final text.
+    def send(kind: str, **fields: Any) -> None:
+        sockets[0].send(json.dumps({"type": kind, **fields}))
+
+    item = {"item_id": "item_1"}
+    send("input_audio_buffer.speech_started", audio_start_ms=120, **item)
+    for delta in ("he was", " not an"):
+        send(f"{TRANSCRIPTION}.delta", content_index=0, delta=delta, **item)
+    partial = page.locator("#live-transcript .utterance.partial")
+    expect(partial).to_have_text("he was not an")
+    muted = page.evaluate("getComputedStyle(document.querySelector('.partial')).color")
+    normal = page.evaluate("getComputedStyle(document.getElementById('live-transcript')).color")
+    assert muted != normal  # shown dimmed
+    send("input_audio_buffer.speech_stopped", audio_end_ms=2900, **item)
+    final_text = "He was not an ill-disposed young man."
+    usage = {"type": "duration", "seconds": 3}
+    send(f"{TRANSCRIPTION}.completed", content_index=0, transcript=final_text, usage=usage, **item)
+    final = page.locator("#live-transcript .utterance.final")
+    expect(final).to_have_text(final_text)
+    expect(partial).to_have_count(0)
+    # A bad event's error is shown; the session goes on.
+    error = {"message": "Unknown event type 'x'.", "type": "invalid_request_error",
+             "code": "unknown_event", "param": "type", "event_id": "evt_1"}  # fmt: skip
+    send("error", error=error)
+    expect(page.locator("#live-status")).to_have_text("Unknown event type 'x'.")
+
+    page.get_by_role("button", name="Stop live transcription").click()
+    expect(page.locator("#live-status")).to_have_text("Stopped.")
+    expect(start).to_have_attribute("aria-pressed", "false")
+    assert not [e for e in sent if e["type"] == "input_audio_buffer.commit"]  # nothing open
