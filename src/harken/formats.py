@@ -18,6 +18,8 @@ from harken.languages import language_name
 # OpenAI's response formats: the one list the API, the client and the CLI accept.
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
 FORMATS: tuple[ResponseFormat, ...] = get_args(ResponseFormat)
+# What `stream=true` can carry: text events; verbose_json adds each segment's times to them.
+STREAM_FORMATS: tuple[ResponseFormat, ...] = ("json", "text", "verbose_json")
 
 MEDIA_TYPES = {
     "json": "application/json",

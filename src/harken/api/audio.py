@@ -23,7 +23,13 @@ from harken.api.sse import sse_error, sse_event, sse_headers
 from harken.engine import Segment, SegmentationOptions, TranscriptionInfo, TranscriptionOptions
 from harken.engine.types import ChineseScript, Task
 from harken.errors import FileTooLarge, HarkenError, InvalidAudio, InvalidRequest
-from harken.formats import ResponseFormat, TextJoiner, fit_to_duration, render
+from harken.formats import (
+    STREAM_FORMATS,
+    ResponseFormat,
+    TextJoiner,
+    fit_to_duration,
+    render,
+)
 from harken.languages import language_code, language_name
 from harken.service.scheduler import JobStream
 from harken.service.transcription import AudioUsage, TranscriptionService, duration_of
@@ -32,9 +38,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI audio"])
 
 GRANULARITIES = ("segment", "word")
-# verbose_json streams add each segment's times (OpenAI's `transcript.text.segment` event) and
-# the language and duration to the done event.
-STREAM_FORMATS = ("json", "text", "verbose_json")
 
 
 def _blank_to_none(value: str | None) -> str | None:

@@ -3,10 +3,10 @@
 `/openapi.json` is a promise that tools generate clients and tests from: a request it calls
 valid must not be refused for its shape. FastAPI derives the schema from the route signatures,
 which leaves out what the routes check themselves: that word timestamps need `verbose_json`,
-that a stream carries only json or text, that a chat needs an audio part, that `n` is 1. Form
-fields also inherit `null` from their Python `None` default, which a form cannot send (a tool
-sends the text "null"). `tighten` writes those rules into the schema, by path, so that it holds
-whatever the route functions and their models are named.
+that a stream carries json, text or verbose_json, that a chat needs an audio part, that `n` is
+1. Form fields also inherit `null` from their Python `None` default, which a form cannot send
+(a tool sends the text "null"). `tighten` writes those rules into the schema, by path, so that
+it holds whatever the route functions and their models are named.
 
 What no schema can say remains the server's to judge: whether the bytes are audio, whether a
 model or language name exists, whether a model can translate.
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from harken.formats import STREAM_FORMATS
+
 # `chunking_strategy`: "auto", or a server_vad object as JSON text with the numbers in range.
 _THRESHOLD = r'"threshold": ?(0(\.[0-9]{1,3})?|1(\.0{1,3})?)'
 _MILLISECONDS = r'"(prefix_padding_ms|silence_duration_ms)": ?(0|[1-9][0-9]{0,3})'
 SERVER_VAD_PATTERN = rf'^\{{"type": ?"server_vad"(, ?({_THRESHOLD}|{_MILLISECONDS}))*\}}$'
-
-STREAMABLE_FORMATS = ["json", "text"]
 
 
 def tighten(schema: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def _tighten_form(form: dict[str, Any]) -> None:
         rules.append(
             {
                 "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
-                "then": {"properties": {"response_format": {"enum": STREAMABLE_FORMATS}}},
+                "then": {"properties": {"response_format": {"enum": list(STREAM_FORMATS)}}},
             }
         )
     for name in ("timestamp_granularities[]", "timestamp_granularities"):
