@@ -85,6 +85,10 @@ def test_the_page_needs_no_key_but_the_api_does(keyed_server):
         .headers["content-type"]
         .startswith("text/css")
     )
+    worklet = httpx.get(f"{keyed_server.url}/web/pcm16-worklet.js")
+    assert worklet.status_code == 200 and "javascript" in worklet.headers["content-type"]
+    assert httpx.get(f"{keyed_server.url}/web/index.html").status_code == 404  # only at /
+    assert httpx.get(f"{keyed_server.url}/web/..%2Fconfig.py").status_code == 404
     assert httpx.get(f"{keyed_server.url}/v1/models").status_code == 401
 
 
