@@ -12,6 +12,7 @@ import subprocess
 import time
 import wave
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,15 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync"]  # fmt: skip
 SCREENSHOT = Path("/tmp/harken-web.png")
-# The "microphone": Chromium's fake capture device plays a real recording, once.
+# The "microphone": Chromium's fake capture device plays a real recording (16-bit PCM WAV), once.
 MICROPHONE_CLIP = "librivox_sns01_0880"
-FAKE_MICROPHONE = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                   f"--use-file-for-fake-audio-capture={SPEECH_DIR / 'audio' / MICROPHONE_CLIP}"
-                   ".wav%noloop"]  # fmt: skip
+LIVE_CLIP = "jfk_inaugural_1961"  # 11 s with pauses: long enough for text while speaking
+
+
+def fake_microphone(clip: str) -> list[str]:
+    wav = SPEECH_DIR / "audio" / f"{clip}.wav"
+    return ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop"]  # fmt: skip
 
 
 def ensure_chromium() -> None:
@@ -50,20 +55,27 @@ def ensure_chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def playwright() -> Iterator[Any]:
     ensure_chromium()
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS + FAKE_MICROPHONE
-        )
-        yield chromium
-        chromium.close()
+    with sync_playwright() as driver:
+        yield driver
 
 
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+@contextmanager
+def chromium(playwright: Any, microphone: str) -> Iterator[Any]:
+    browser = playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS + fake_microphone(microphone)
+    )
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@contextmanager
+def new_page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(accept_downloads=True, viewport={"width": 1100, "height": 900})
     page = context.new_page()
     errors: list[str] = []
@@ -71,6 +83,18 @@ def page(browser: Any) -> Iterator[Any]:
     yield page
     context.close()
     assert not errors, errors  # no uncaught JavaScript error on any page
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Any) -> Iterator[Any]:
+    with chromium(playwright, MICROPHONE_CLIP) as browser:
+        yield browser
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    with new_page(browser) as page:
+        yield page
 
 
 def test_the_page_needs_no_key_but_the_api_does(keyed_server):
