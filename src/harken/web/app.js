@@ -468,9 +468,22 @@ for (const radio of ui.form.elements.task) radio.addEventListener("change", mode
 // ---------------------------------------------------------------- live
 // The microphone → an AudioWorklet (PCM16 at 24 kHz) → OpenAI's Realtime API (GA shapes) on
 // /v1/realtime. Deltas grow a dimmed line per utterance; `completed` replaces it with the final
-// text. A WebSocket carries no headers, so the key travels as the subprotocol OpenAI's own
-// browser clients use.
+// text. A WebSocket carries no headers, so a credential travels as the subprotocol OpenAI's own
+// browser clients use: a short-lived client secret, not the key itself.
 const LIVE_RATE = 24000;
+
+// A client secret for one session; the key itself only from a server without the endpoint.
+async function liveCredential() {
+  if (!state.key) return null;
+  const response = await fetch("/v1/realtime/client_secrets", {
+    method: "POST",
+    headers: { ...headers(), "Content-Type": "application/json" },
+    body: JSON.stringify({ session: { type: "transcription" } }),
+  });
+  if (response.status === 404) return state.key;
+  if (!response.ok) throw new Error(await errorMessage(response));
+  return (await response.json()).value;
+}
 
 function liveStatus(message, isError = false) {
   ui.liveStatus.textContent = message;
@@ -563,6 +576,7 @@ async function startLive() {
     liveStatus("Live mode needs a browser with AudioWorklet, on https:// or localhost.", true);
     return;
   }
+  const credential = await liveCredential();
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
@@ -583,7 +597,7 @@ async function startLive() {
 
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const protocols = ["realtime"];
-  if (state.key) protocols.push(`openai-insecure-api-key.${state.key}`);
+  if (credential) protocols.push(`openai-insecure-api-key.${credential}`);
   const socket = new WebSocket(`${scheme}://${location.host}/v1/realtime?intent=transcription`,
     protocols);
   const live = {
