@@ -400,3 +400,69 @@ def test_live_page_speaks_the_realtime_protocol(server, speech, page):
     expect(page.locator("#live-status")).to_have_text("Stopped.")
     expect(start).to_have_attribute("aria-pressed", "false")
     assert not [e for e in sent if e["type"] == "input_audio_buffer.commit"]  # nothing open
+
+
+def live_sessions(server: Any) -> tuple[float, float]:
+    """From /metrics: live sessions open now, and those the client closed properly."""
+    text = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer sk-test-one"}).text
+    active = re.search(r"^harken_realtime_sessions_active (\S+)$", text, re.M)
+    closed = re.search(
+        r'^harken_realtime_sessions_ended_total\{reason="client_closed"\} (\S+)$', text, re.M
+    )
+    return float(active.group(1)) if active else -1.0, float(closed.group(1)) if closed else 0.0
+
+
+def test_live_text_from_the_microphone(keyed_server, speech, playwright):
+    """The whole path: Chromium's microphone plays a recording, the page streams it to the real
+    /v1/realtime (a client secret in the subprotocol, as a browser must), dimmed text appears as the
+    words are spoken and turns final; stopping ends the session on the server."""
+    from playwright.sync_api import expect
+
+    clip = speech[LIVE_CLIP]
+    closed_before = live_sessions(keyed_server)[1]
+    with chromium(playwright, LIVE_CLIP) as browser, new_page(browser) as page:
+        page.goto(keyed_server.url)
+        page.get_by_label("API key").fill("sk-test-two")
+        page.get_by_role("button", name="Use this key").click()
+        expect(page.locator("#model option")).not_to_have_count(0)
+        page.get_by_label("Model").select_option("whisper-tiny.en")
+        # Every text an utterance showed, with whether it was still partial.
+        page.evaluate(
+            """() => {
+                window.shown = [];
+                const live = document.getElementById("live-transcript");
+                new MutationObserver(() => {
+                    for (const line of live.querySelectorAll(".utterance")) {
+                        window.shown.push([line.dataset.item, line.className, line.textContent]);
+                    }
+                }).observe(live, {subtree: true, childList: true, characterData: true,
+                                  attributes: true});
+            }"""
+        )
+        secrets: list[str] = []
+        page.on("request", lambda r: secrets.append(r.url) if "client_secrets" in r.url else None)
+        page.get_by_role("button", name="Start live transcription").click()
+        expect(page.locator("#live-status")).to_have_text("Listening… speak now.")
+        assert secrets == [f"{keyed_server.url}/v1/realtime/client_secrets"]  # not the key
+        # The recording plays once; then every utterance it held ends in silence.
+        page.wait_for_timeout(clip.duration * 1000)
+        page.wait_for_function(
+            """() => document.querySelectorAll(".utterance.final").length > 0 &&
+                     document.querySelectorAll(".utterance.partial").length === 0""",
+            timeout=60_000,
+        )
+        finals = page.locator(".utterance.final").all_inner_texts()
+        # Loose: the live decoder's accuracy is tests/test_realtime.py's to judge; this is
+        # that the page shows the recording's words.
+        assert wer(clip.text, " ".join(finals)) <= 0.5, finals
+        shown = page.evaluate("window.shown")
+        partial = {item for item, kind, text in shown if "partial" in kind and text.strip()}
+        final = {item for item, kind, _ in shown if "final" in kind}
+        assert partial & final, "an utterance showed text while it was spoken, then its final"
+        page.get_by_role("button", name="Stop live transcription").click()
+        expect(page.locator("#live-status")).to_have_text("Stopped.")
+    # The page closed the socket properly (1000), and the server ended the session.
+    deadline = time.monotonic() + 10
+    while live_sessions(keyed_server) != (0, closed_before + 1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert live_sessions(keyed_server) == (0, closed_before + 1)

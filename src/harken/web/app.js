@@ -610,12 +610,18 @@ async function startLive() {
   ui.liveToggle.textContent = "Stop live transcription";
   liveStatus("Connecting…");
 
+  // Audio captured while the socket opens waits for it, so the first words are not lost.
+  const waiting = [];
+  const append = (buffer) => JSON.stringify({ type: "input_audio_buffer.append", audio: base64(buffer) });
   worklet.port.onmessage = (message) => {
-    if (socket.readyState === WebSocket.OPEN && !live.stopping) {
-      socket.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(message.data) }));
-    }
+    if (live.stopping) return;
+    if (socket.readyState === WebSocket.OPEN) socket.send(append(message.data));
+    else if (socket.readyState === WebSocket.CONNECTING) waiting.push(message.data);
   };
-  socket.addEventListener("open", () => socket.send(JSON.stringify(sessionUpdate())));
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify(sessionUpdate()));
+    for (const buffer of waiting.splice(0)) socket.send(append(buffer));
+  });
   socket.addEventListener("message", (message) => {
     let event;
     try { event = JSON.parse(message.data); } catch (_) { return; }
