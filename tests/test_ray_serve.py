@@ -269,10 +269,15 @@ def test_a_killed_replica_ends_its_requests_cleanly_and_is_replaced(proxy, speec
         survivors.add(response.headers[REPLICA_HEADER])
     assert survivors and victim not in survivors
     wait_for(lambda: running_replicas() == 2, 120, "Ray replaced the killed replica")
+    # The new replica takes requests once Ray's proxy has heard of it (its routing table lags
+    # the controller's status by a moment).
     seen: set[str] = set()
-    for _ in range(12):
-        seen.add(transcribe(proxy, speech["sphinx_goforward"]).headers[REPLICA_HEADER])
-    assert len(seen) == 2 and victim not in seen
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline:
+        response = transcribe(proxy, speech["sphinx_goforward"])
+        assert response.status_code == 200, response.text
+        seen.add(response.headers[REPLICA_HEADER])
+    assert len(seen) == 2 and victim not in seen, seen
 
 
 # --- autoscaling on ongoing requests: one replica, two under load, one again
