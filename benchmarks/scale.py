@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import free_port, wait_healthy  # noqa: E402
+from conftest import wait_healthy  # noqa: E402
 from load import Server, percentile, pick_clips, run_level  # noqa: E402
 
 
@@ -89,17 +88,15 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=Path.home() / ".cache" / "harken")
     args = parser.parse_args()
 
-    import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
     from harken.api.ray_serve import (
         APP_NAME,
-        CONTROLLER_OPTIONS,
         harken_application,
         replica_settings,
     )
     from harken.config import Settings
+    from tests.ray_cluster import two_node_serve
 
     clips = pick_clips(args.max_clip_seconds, "en")
     print(
@@ -129,24 +126,10 @@ def main() -> None:
     finally:
         server.stop()
 
-    temp = tempfile.mkdtemp(prefix="harken-ray-")
     started = time.perf_counter()
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False},
-    )
     startup: dict[str, float] = {}
-    try:
-        nodes.add_node(num_cpus=1)
-        ray.init(address=nodes.address, logging_level="warning")
-        port = free_port()
-        serve.start(
-            proxy_location="HeadOnly",
-            http_options={"host": "127.0.0.1", "port": port},
-            controller_options=CONTROLLER_OPTIONS,
-        )
+    with two_node_serve() as url:
         startup["cluster (2 nodes) + Serve"] = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}"
         for replicas in (1, 2):
             t0 = time.perf_counter()
             config = settings.model_copy(
@@ -156,11 +139,6 @@ def main() -> None:
             wait_healthy(url, lambda: True, timeout=300)
             startup[f"deploy {replicas} replica(s), models loaded"] = time.perf_counter() - t0
             measure(f"Ray Serve, {replicas} replica(s) × 1 core", RayDeployment(url))
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        nodes.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
     def tput(r: dict[str, Any]) -> float:
         return float(r["audio"] / r["wall"])

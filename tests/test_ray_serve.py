@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +28,6 @@ ray = pytest.importorskip(
     "ray", reason="Ray Serve is not installed: pip install 'harken[ray]' (make test installs it)"
 )
 from ray import serve  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from harken.api.ray_proxy import ContractErrorsMiddleware  # noqa: E402
 from harken.api.ray_serve import (  # noqa: E402
@@ -44,7 +40,8 @@ from harken.api.ray_serve import (  # noqa: E402
 )
 from harken.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from harken.config import Settings  # noqa: E402
-from tests.conftest import free_port, wait_healthy, wav_bytes  # noqa: E402
+from tests.conftest import wait_healthy, wav_bytes  # noqa: E402
+from tests.ray_cluster import two_node_serve  # noqa: E402
 
 TINY = "whisper-tiny.en"
 KEY = "sk-test-one"  # one of keyed_server's keys: the plain server the replicas are compared to
@@ -79,27 +76,8 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
     """Two nodes of one CPU each; Serve's proxy on a free loopback port. Yields its URL."""
-    temp = tempfile.mkdtemp(prefix="harken-ray-")  # Ray's sockets and logs, removed after
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False},
-    )
-    try:
-        nodes.add_node(num_cpus=1)
-        ray.init(address=nodes.address, logging_level="warning")
-        port = free_port()
-        serve.start(
-            proxy_location="HeadOnly",
-            http_options={"host": "127.0.0.1", "port": port},
-            controller_options=CONTROLLER_OPTIONS,
-        )
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(Exception):  # a cluster that failed to start has no Serve
-            serve.shutdown()
-        ray.shutdown()
-        nodes.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+    with two_node_serve() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
