@@ -716,3 +716,64 @@ def test_an_utterance_over_30_seconds_is_cut_at_a_pause(
     assert all(e.usage.seconds <= 30 for e in completed), [e.usage.seconds for e in completed]
     reference = " ".join(c.text for c in clips)
     assert wer(reference, heard.transcript()) <= 0.15, heard.transcript()
+
+
+def test_the_session_prompt_reaches_the_decoder(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    """A prompt with an odd spelling of the clip's name: the transcript takes it (without the
+    prompt, tiny.en writes "Captain Freer"), in the partial text and in the final one."""
+    clip = speech["ls_3752-4944-0000"]  # "Captain Frere says that the scenery is delightful"
+    transcription = {"model": TINY, "language": "en", "prompt": "Kaptain Frair says."}
+    update = {"type": "transcription", "audio": {"input": {"transcription": transcription}}}
+    heard = asyncio.run(ga_session(live_server, padded([clip]), pace=4.0, update=update))
+    assert "Kaptain Frair" in heard.transcript(), heard.transcript()
+    deltas = heard.deltas_by_item()
+    for event in heard.of("conversation.item.input_audio_transcription.completed"):
+        assert deltas.get(event.item_id, "") == event.transcript
+
+
+def test_a_session_ends_at_its_length_limit(harken_home: Path) -> None:
+    """Past `realtime_max_session_seconds` a session that still streams gets an `error` event
+    and close code 1008, and the metrics count it as ended."""
+    limit = 2.0
+    with run_built_server(harken_home, realtime_max_session_seconds=limit) as short:
+        before = value(
+            scrape(short.url), "harken_realtime_sessions_ended_total", reason="session_too_long"
+        )
+
+        async def run() -> float:
+            async with ws_connect(ws_url(short)) as ws:
+                assert json.loads(await ws.recv())["type"] == "session.created"
+                began = time.monotonic()
+
+                async def talk() -> None:  # silence, so the session is never idle
+                    silence = base64.b64encode(bytes(4800)).decode()
+                    append = json.dumps({"type": "input_audio_buffer.append", "audio": silence})
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        while True:
+                            await ws.send(append)
+                            await asyncio.sleep(0.1)
+
+                talker = asyncio.create_task(talk())
+                try:
+                    check_error_event_type(await next_event(ws, "error"), "session_expired")
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await next_event(ws)
+                finally:
+                    talker.cancel()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+                return time.monotonic() - began
+
+        lasted = asyncio.run(run())
+        assert limit - 0.5 <= lasted <= limit + 3, lasted
+        deadline = time.monotonic() + 10
+        while True:
+            samples = scrape(short.url)
+            ended = value(
+                samples, "harken_realtime_sessions_ended_total", reason="session_too_long"
+            )
+            if ended - before == 1 and value(samples, "harken_realtime_sessions_active") == 0:
+                break
+            assert time.monotonic() < deadline, "the session was not counted as ended"
+            time.sleep(0.2)
