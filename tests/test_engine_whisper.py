@@ -16,8 +16,8 @@ import pytest
 from harken.audio import decode_audio
 from harken.catalog import Catalog
 from harken.config import Settings
-from harken.engine import TranscriptionOptions
-from harken.engine.batching import BatchingWhisper
+from harken.engine import TranscriptionOptions, batching
+from harken.engine.batching import BatchingWhisper, SiblingGroup
 from harken.engine.whisper import FasterWhisperTranscriber
 
 # English, Mandarin and French, all under 30 s: each is one window.
@@ -131,6 +131,49 @@ def test_two_executors_lose_no_call_when_they_race_for_the_same_work() -> None:
         assert any(size > 1 for (_, size) in batcher.stats.batches), "nothing was batched"
     finally:
         batcher.close()
+
+
+def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pieces of one recording: each window's prompt carries a previous text of its own length.
+    # Each round, every sibling still reading goes into one batch (never split by the wait
+    # running out: it is made long here), its previous text cut to the shortest; one that has
+    # finished is not waited for.
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    seen: list[list[int]] = []  # the prompt lengths of each generate call, as the model got them
+
+    class Recorder(_Doubler):
+        def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+            seen.append([len(prompt) for prompt in prompts])
+            return super().generate(features, prompts, **options)
+
+    batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, executors=2)
+    group = SiblingGroup()
+    windows = {worker: 3 + worker for worker in range(4)}  # the siblings finish one by one
+    joined = threading.Barrier(len(windows))
+
+    def sibling(worker: int) -> None:
+        with group.member():
+            joined.wait()
+            for window in range(windows[worker]):
+                features = np.full((1, 4, 6), worker, dtype=np.float32)
+                batcher.encode(features)
+                previous = [100 + worker] * (5 * worker + window + 1)
+                (got,) = batcher.generate(features, [[0, *previous, 1, 2]])
+                assert got[0] == 0 and got[-2:] == [1, 2], got  # <|startofprev|> ... <|sot|> ...
+                assert set(got[1:-2]) == {100 + worker}, "another sibling's text in the prompt"
+
+    try:
+        with ThreadPoolExecutor(len(windows)) as pool:
+            for future in [pool.submit(sibling, worker) for worker in windows]:
+                future.result(timeout=30)
+    finally:
+        batcher.close()
+    assert [len(call) for call in seen] == [4, 4, 4, 3, 2, 1], seen
+    assert all(len(set(call)) == 1 for call in seen), f"prompts of two lengths: {seen}"
+    # The shortest previous text sets the length: sibling 0's, one more token each window.
+    assert [call[0] for call in seen[:3]] == [4, 5, 6], seen
 
 
 def test_languages_detected_in_one_batch_each_go_to_their_own_request(

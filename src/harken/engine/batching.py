@@ -22,6 +22,13 @@ requests that arrive meanwhile join the next batch instead of waiting for the wh
 What is batched together must agree on everything CTranslate2 applies to the whole batch: the
 decoding options, and (a CTranslate2 limit) the position of <|startoftranscript|> in the prompt.
 Calls that differ run in separate batches, oldest first.
+
+Pieces of one long recording read side by side (`SiblingGroup`) are held to one pace instead:
+a sibling's beam search waits until every sibling still reading has one waiting (or
+`SIBLING_WAIT_SECONDS` have passed), and they run as one batch, each previous text cut to the
+shortest among them (the same <|startoftranscript|> position). Left alone, their windows almost
+never meet (each carries previous text of its own length) and two beam searches run at once on
+the same cores; at the same pace, eight of them cost little more than two.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ import numpy as np
 # with their next call (they run a little Python between calls). Long enough to gather them,
 # short enough that a lone request never notices.
 LINGER_SECONDS = 0.004
+# The longest a sibling's beam search waits for the others' (a sibling between windows is
+# back within an encoder pass and a word alignment; this only bounds a slow one).
+SIBLING_WAIT_SECONDS = 2.0
 
 
 class Cancelled(Exception):
@@ -67,6 +77,33 @@ def current_cancel_event() -> threading.Event | None:
     return getattr(_local, "cancelled", None)
 
 
+class SiblingGroup:
+    """Threads that read pieces of one recording side by side, whose beam searches the
+    batcher runs together (see the module's docstring). A thread belongs to it inside
+    `member()`; one that leaves (its piece read, or cancelled) is no longer waited for."""
+
+    def __init__(self) -> None:
+        self.members: set[int] = set()
+        # The thread whose text is being streamed now: it reads at its own pace, never held.
+        self.lead: int | None = None
+
+    def waited_for(self) -> set[int]:
+        return self.members - {self.lead}
+        self.left = threading.Event()  # set when a member leaves: held calls look again
+
+    @contextlib.contextmanager
+    def member(self) -> Iterator[None]:
+        me = threading.get_ident()
+        previous = getattr(_local, "siblings", None)
+        self.members.add(me)
+        _local.siblings = self
+        try:
+            yield
+        finally:
+            _local.siblings = previous
+            self.members.discard(me)
+
+
 def _check_cancelled() -> None:
     event: threading.Event | None = getattr(_local, "cancelled", None)
     if event is not None and event.is_set():
@@ -78,7 +115,9 @@ class _Call:
     key: tuple[Any, ...]
     payload: Any
     caller: int
+    siblings: SiblingGroup | None = None
     submitted: float = field(default_factory=time.monotonic)
+    released: bool = False  # a sibling's call whose round is complete
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -147,14 +186,22 @@ class BatchingWhisper:
             return self._model.generate(features, prompts, **options)
         prompt = list(prompts[0])
         sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
-        key = ("generate", sot, _freeze(options))
+        siblings = getattr(_local, "siblings", None)
+        if siblings is not None and siblings.lead == threading.get_ident():
+            siblings = None
+        # A sibling's batches with its siblings' only, previous texts cut to one length there.
+        position = ("siblings", id(siblings), sot > 0) if siblings is not None else sot
+        key = ("generate", position, _freeze(options))
         array = np.asarray(features, dtype=np.float32)
         return [self._submit(key, (array[0], prompt))]
 
     # --- the callers' side
     def _submit(self, key: tuple[Any, ...], payload: Any) -> Any:
         _check_cancelled()
-        call = _Call(key, payload, threading.get_ident())
+        siblings = getattr(_local, "siblings", None) if key[0] == "generate" else None
+        if siblings is not None and siblings.lead == threading.get_ident():
+            siblings = None
+        call = _Call(key, payload, threading.get_ident(), siblings)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model has been unloaded")
@@ -199,14 +246,39 @@ class BatchingWhisper:
                     break
                 self._cond.wait(remaining)
             self._expected = 0
-            if self._pending:  # another executor may have taken them while this one lingered
+            first = self._first_ready()
+            if first is not None:
                 break
-        first = self._pending[0]
+            if self._pending:  # only siblings waiting for each other
+                self._cond.wait(self._sibling_wait())
         limit = self.max_encode_batch if first.key[0] == "encode" else self.max_batch
         batch = [c for c in self._pending if c.key == first.key][:limit]
         taken = {id(c) for c in batch}
         self._pending = [c for c in self._pending if id(c) not in taken]
         return batch
+
+    def _first_ready(self) -> _Call | None:
+        """The oldest pending call that may run now: any but a sibling's beam search, which
+        waits until its round is complete (every sibling still reading, but the lead, has one
+        pending)."""
+        now = time.monotonic()
+        for call in self._pending:
+            group = call.siblings
+            if call.key[0] != "generate" or group is None or call.released:
+                return call
+            round_ = [c for c in self._pending if c.siblings is group and c.key[0] == "generate"]
+            callers = {c.caller for c in round_}
+            if group.waited_for() <= callers or now - call.submitted >= SIBLING_WAIT_SECONDS:
+                for c in round_:
+                    c.released = True
+                return call
+        return None
+
+    def _sibling_wait(self) -> float:
+        """How long the dispatcher may sleep while siblings wait: until the oldest one's wait
+        is over, looking again often (a sibling that leaves does not notify the batcher)."""
+        oldest = min(c.submitted for c in self._pending)
+        return min(0.01, max(0.0, oldest + SIBLING_WAIT_SECONDS - time.monotonic()))
 
     def _run(self, batch: list[_Call]) -> None:
         kind = batch[0].key[0]
@@ -238,9 +310,10 @@ class BatchingWhisper:
         self, frozen: tuple[tuple[str, Any], ...], items: list[tuple[np.ndarray, list[int]]]
     ) -> list[Any]:
         features = _stacked([encoded for encoded, _ in items])
+        prompts = _same_start([prompt for _, prompt in items], self.sot_token)
         options = {name: list(value) if isinstance(value, tuple) else value
                    for name, value in frozen}  # fmt: skip
-        return self._model.generate(features, [prompt for _, prompt in items], **options)
+        return self._model.generate(features, prompts, **options)
 
     def close(self) -> None:
         with self._cond:
@@ -252,6 +325,19 @@ def _stacked(rows: list[np.ndarray]) -> Any:
     import ctranslate2
 
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(rows)))
+
+
+def _same_start(prompts: list[list[int]], sot_token: int) -> list[list[int]]:
+    """The prompts with <|startoftranscript|> at one position: each previous text (after the
+    leading <|startofprev|>) cut to its most recent tokens, as many as the shortest has."""
+    starts = [prompt.index(sot_token) for prompt in prompts]
+    if len(set(starts)) == 1:
+        return prompts
+    keep = min(starts) - 1  # previous-text tokens the shortest has (the batch key keeps it ≥ 0)
+    return [
+        prompt[:1] + prompt[start - keep : start] + prompt[start:]
+        for prompt, start in zip(prompts, starts, strict=True)
+    ]
 
 
 def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:

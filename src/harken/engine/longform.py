@@ -19,13 +19,15 @@ What reading a piece involves, and why:
 
 Pieces are independent of each other (each is decoded with only the caller's prompt: the
 previous pieces' text as prompt measured worse), so several pieces of one recording are read at
-once (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file.
-Their windows rarely share a beam search (each carries its own previous text, and CTranslate2
-batches only prompts of one length; holding a window back for its siblings, or cutting the
-previous text to one length, measured slower), but one piece's encoder pass runs beside
-another's beam search. The first piece is read alone, so that the first text (and the language)
-comes after one stretch of speech; the others keep the same order in the stream, and the piece
-at the head of the line is streamed as it is read.
+once (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file,
+as siblings (`batching.SiblingGroup`): their beam searches run as one batch, each previous text
+cut to the shortest among them. On a 2-core CPU the raw engine keeps both cores busy, and its
+cost is the beam search, token by token; eight windows' beam searches in one batch cost 0.62 s a
+window against 1.0 s alone (whisper-base). On an 11.5-minute turn-taking recording that took
+harken from 0.84x the raw engine's time to 0.74x; with four pieces, or when each piece's beam
+searches ran on their own, it did not pay. The first piece is read alone, so that the first
+text (and the language) comes after one stretch of speech; the others keep the same order in
+the stream, and the piece at the head of the line is streamed as it is read.
 """
 
 from __future__ import annotations
@@ -37,12 +39,13 @@ import dataclasses
 import logging
 import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from harken.engine.batching import cancel_scope, current_cancel_event
+from harken.engine.batching import SiblingGroup, cancel_scope, current_cancel_event
 from harken.engine.leveling import level_speech
 from harken.engine.script import convert_segment, converts
 from harken.engine.segmentation import (
@@ -67,7 +70,7 @@ _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
-_MAX_PARALLEL = 4  # pieces of one recording read at once
+_MAX_PARALLEL = 8  # pieces of one recording read at once
 
 
 def transcribe_long(
@@ -276,12 +279,15 @@ def _in_order(
     at once on threads of their own (which stop with the job: they share its cancel scope).
     The piece at the head of the line is streamed as it is read; the others wait their turn."""
     cancelled = current_cancel_event()
+    siblings = SiblingGroup()
     pool: ThreadPoolExecutor | None = None
     pending: collections.deque[Iterator[Segment]] = collections.deque()
 
     def read(piece: Piece, out: queue.SimpleQueue[object]) -> None:
+        scope = cancel_scope(cancelled) if cancelled is not None else contextlib.nullcontext()
+        out.put(threading.get_ident())
         try:
-            with cancel_scope(cancelled) if cancelled is not None else contextlib.nullcontext():
+            with scope, siblings.member():
                 for segment in reader.read(piece):
                     out.put(segment)
             out.put(_END)
@@ -289,6 +295,7 @@ def _in_order(
             out.put(exc)
 
     def received(out: queue.SimpleQueue[object]) -> Iterator[Segment]:
+        siblings.lead = out.get()  # type: ignore[assignment]  # its text is streamed from now
         while True:
             item = out.get()
             if item is _END:

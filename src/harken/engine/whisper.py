@@ -85,9 +85,9 @@ class FasterWhisperTranscriber:
             self.batcher = install_batching(
                 self._model, max_batch=batch_size, executors=self.max_concurrency
             )
-            # A long recording reads this many pieces at once: half a batch, so the windows of
-            # other requests still find room in every batch.
-            self.parallel_windows = batch_size // 2
+            # A long recording reads this many pieces at once, their beam searches run as one
+            # batch (engine/batching.py: siblings).
+            self.parallel_windows = batch_size
         # Reading an unknown language costs faster-whisper a second encoder pass over the first
         # window (once to detect, once to transcribe); the encoding is reused instead.
         self._encodings = _ReuseLastEncoding(self._model.encode)
