@@ -23,11 +23,11 @@ once (`Transcriber.parallel_windows`), each window after window as the raw engin
 as siblings (`batching.SiblingGroup`): their beam searches run as one batch, each previous text
 cut to the shortest among them. On a 2-core CPU the raw engine keeps both cores busy, and its
 cost is the beam search, token by token; eight windows' beam searches in one batch cost 0.62 s a
-window against 1.0 s alone (whisper-base). On an 11.5-minute turn-taking recording that took
-harken from 0.84x the raw engine's time to 0.74x; with four pieces, or when each piece's beam
-searches ran on their own, it did not pay. The first piece is read alone, so that the first
-text (and the language) comes after one stretch of speech; the others keep the same order in
-the stream, and the piece at the head of the line is streamed as it is read.
+window against 1.0 s alone (whisper-base). That took harken from 0.76x the raw engine's time to
+0.62x on an hour of speech (rounds of eight pieces), from 0.94x to 0.90x on 11 minutes of turns
+(six pieces). The first piece is read alone, so that the first text (and the language) comes
+after one stretch of speech; the others keep the same order in the stream, and the piece at the
+head of the line is streamed as it is read, at its own pace (not in step with the others).
 """
 
 from __future__ import annotations
