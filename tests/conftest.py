@@ -214,3 +214,14 @@ def wav_bytes(samples: Any) -> bytes:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return out.getvalue()
+
+
+def sse_payloads(text: str) -> list[Any]:
+    """The `data:` payloads of a whole SSE response (every block must be one), `[DONE]` as is."""
+    events = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            data = block[len("data: ") :]
+            events.append(data if data == "[DONE]" else json.loads(data))
+    return events

@@ -9,7 +9,6 @@ translation use whisper-base.
 from __future__ import annotations
 
 import itertools
-import json
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ import webvtt
 
 from harken.audio import SAMPLE_RATE, decode_audio
 from harken.engine import Transcription
-from tests.conftest import cer, normalize_text, run_server, wav_bytes, wer
+from tests.conftest import cer, normalize_text, run_server, sse_payloads, wav_bytes, wer
 
 ENGLISH = "jfk_inaugural_1961"  # 11 s, two segments with tiny.en
 TINY = "whisper-tiny.en"
@@ -32,16 +31,6 @@ def post(server: Any, route: str = "transcriptions", *, clip: Any = None, **kwar
     if clip is not None:
         files = {"file": (clip.path.name, clip.bytes())}
     return httpx.post(f"{server.url}/v1/audio/{route}", files=files, timeout=600, **kwargs)
-
-
-def sse_payloads(text: str) -> list[Any]:
-    events = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            assert block.startswith("data: "), block
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 def looks_english(text: str) -> bool:

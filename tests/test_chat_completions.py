@@ -4,14 +4,13 @@ raw HTTP, on real speech with the real models."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import wer
+from tests.conftest import sse_payloads, wer
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 
@@ -26,15 +25,6 @@ def mimo_request(*parts: dict[str, Any], model: str = "mimo-v2.5-asr", **extra: 
 
 def post(server: Any, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=600, **kwargs)
-
-
-def sse_payloads(text: str) -> list[Any]:
-    events = []
-    for block in text.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 # --- the openai SDK, as MiMo users call it

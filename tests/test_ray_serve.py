@@ -40,7 +40,7 @@ from harken.api.ray_serve import (  # noqa: E402
 )
 from harken.audio import SAMPLE_RATE, decode_audio  # noqa: E402
 from harken.config import Settings  # noqa: E402
-from tests.conftest import wait_healthy, wav_bytes  # noqa: E402
+from tests.conftest import sse_payloads, wait_healthy, wav_bytes  # noqa: E402
 from tests.ray_cluster import two_node_serve  # noqa: E402
 
 TINY = "whisper-tiny.en"
@@ -98,15 +98,6 @@ def chat(url: str, clip: Any, **extra: Any) -> httpx.Response:
     part = {"type": "input_audio", "input_audio": {"data": clip.data_url()}}
     body = {"model": "mimo-v2.5-asr", "messages": [{"role": "user", "content": [part]}], **extra}
     return httpx.post(f"{url}/v1/chat/completions", headers=AUTH, json=body, timeout=300)
-
-
-def sse_payloads(text: str) -> list[Any]:
-    events = []
-    for block in text.split("\n\n"):
-        if block.startswith("data: "):
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 def streamed_audio_text(response: httpx.Response) -> str:

@@ -193,14 +193,13 @@ class BatchingWhisper:
         position = ("siblings", id(siblings), sot > 0) if siblings is not None else sot
         key = ("generate", position, _freeze(options))
         array = np.asarray(features, dtype=np.float32)
-        return [self._submit(key, (array[0], prompt))]
+        return [self._submit(key, (array[0], prompt), siblings)]
 
     # --- the callers' side
-    def _submit(self, key: tuple[Any, ...], payload: Any) -> Any:
+    def _submit(
+        self, key: tuple[Any, ...], payload: Any, siblings: SiblingGroup | None = None
+    ) -> Any:
         _check_cancelled()
-        siblings = getattr(_local, "siblings", None) if key[0] == "generate" else None
-        if siblings is not None and siblings.lead == threading.get_ident():
-            siblings = None
         call = _Call(key, payload, threading.get_ident(), siblings)
         with self._cond:
             if self._closed:
