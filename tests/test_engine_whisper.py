@@ -3,6 +3,7 @@ with the raw engine's words, and a batcher whose executors lose no call under co
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -202,3 +203,53 @@ def test_languages_detected_in_one_batch_each_go_to_their_own_request(
     for name in clips:
         assert together[name][0] == alone[name][0] == speech[name].language, name
         assert together[name][1] == pytest.approx(alone[name][1], abs=0.01), name
+
+
+def test_a_draft_encodes_a_short_window_and_reads_the_same_words(
+    base_weights: Path, speech: dict[str, Any]
+) -> None:
+    # Live partial text: the first 3 s of a clip read as a draft encode the audio and 8 s of
+    # padding (1100 frames), not a 30-second window, with or without the batcher in between,
+    # and give the full window's words; a draft's length in tokens is bounded.
+    audio = decode_audio(speech["jfk_inaugural_1961"].bytes())[: 3 * 16_000]
+    for batch_size in (1, 8):
+        model = FasterWhisperTranscriber(
+            "whisper-base", base_weights, device="cpu", batch_size=batch_size, max_concurrency=2
+        )
+        frames: list[int] = []
+        encode = model._encodings._encode
+
+        def counting(features: Any, encode: Any = encode, frames: list[int] = frames) -> Any:
+            frames.append(np.asarray(features).shape[-1])
+            return encode(features)
+
+        model._encodings._encode = counting
+        lengths: list[int | None] = []
+        transcribe = model._model.transcribe
+
+        def bounded(
+            *args: Any, transcribe: Any = transcribe, lengths: list[Any] = lengths, **kwargs: Any
+        ) -> Any:
+            lengths.append(kwargs.get("max_new_tokens"))
+            return transcribe(*args, **kwargs)
+
+        model._model.transcribe = bounded  # type: ignore[method-assign]
+        try:
+            options = TranscriptionOptions(language="en", temperature=0.0)
+            full = "".join(s.text for s in model.transcribe(audio, options).segments)
+            draft_options = dataclasses.replace(options, draft=True)
+            draft = "".join(s.text for s in model.transcribe(audio, draft_options).segments)
+            # Unknown language: detected on the draft's own short window, encoded once.
+            detected = model.transcribe(audio, dataclasses.replace(draft_options, language=None))
+            assert detected.info.language == "en"
+            list(detected.segments)
+        finally:
+            if model.batcher is not None:
+                model.batcher.close()
+        assert frames == [3000, 1100, 1100], frames
+        assert lengths == [None, 40, 40], "a draft of 3 s stops after 10 tokens a second, +10"
+        assert _plain(draft) == _plain(full) == "and so my fellow americans", (draft, full)
+
+
+def _plain(text: str) -> str:
+    return " ".join("".join(c for c in w.lower() if c.isalnum()) for w in text.split())

@@ -63,14 +63,26 @@ def test_faster_whisper_model_object() -> None:
     )
     transcribe = inspect.signature(model.transcribe).parameters
     for name in ("language", "task", "beam_size", "temperature", "initial_prompt", "hotwords",
-                 "word_timestamps", "vad_filter", "condition_on_previous_text"):  # fmt: skip
+                 "word_timestamps", "vad_filter", "condition_on_previous_text",
+                 "max_new_tokens"):  # fmt: skip
         assert name in transcribe, moved("faster-whisper", f"transcribe() lost {name}=")
+    for name in ("sampling_rate", "hop_length", "nb_max_frames"):
+        assert hasattr(model.feature_extractor, name), moved(
+            "faster-whisper", f"the feature extractor has no {name} (drafts read it)"
+        )
     whisper: Any = model.model
     for name in ("encode", "generate", "detect_language", "is_multilingual"):
         assert hasattr(whisper, name), moved("ctranslate2", f"models.Whisper has no .{name}")
     assert "to_cpu" in (whisper.encode.__doc__ or ""), moved(
         "ctranslate2", "models.Whisper.encode takes no to_cpu= (the batcher passes it)"
     )
+    # A live draft's window is shorter than 30 s (engine/whisper.py): CTranslate2 encodes it.
+    import ctranslate2
+    import numpy as np
+
+    short = np.zeros((1, model.feature_extractor.mel_filters.shape[0], 1100), dtype=np.float32)
+    encoded = whisper.encode(ctranslate2.StorageView.from_array(short))
+    assert encoded.shape[1] == 550, moved("ctranslate2", "a window under 30 s is not encoded")
 
 
 def test_silero_session_inputs() -> None:

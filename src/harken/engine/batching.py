@@ -20,7 +20,8 @@ only the matrix work is shared. A long file submits one window per round, so win
 requests that arrive meanwhile join the next batch instead of waiting for the whole file.
 
 What is batched together must agree on everything CTranslate2 applies to the whole batch: the
-decoding options, and (a CTranslate2 limit) the position of <|startoftranscript|> in the prompt.
+decoding options, the window's length (a live draft's is shorter than 30 s), and (a CTranslate2
+limit) the position of <|startoftranscript|> in the prompt.
 Calls that differ run in separate batches, oldest first.
 
 Pieces of one long recording read side by side (`SiblingGroup`) are held to one pace instead:
@@ -172,14 +173,14 @@ class BatchingWhisper:
             array = array[None]
         if array.shape[0] != 1:
             return self._model.encode(features, to_cpu=to_cpu)
-        return self._submit(("encode",), array[0])
+        return self._submit(("encode", array.shape[-1]), array[0])  # a draft's may be short
 
     def detect_language(self, features: Any) -> Any:
         """One decoder step over an encoded window: its language probabilities."""
         array = np.asarray(features, dtype=np.float32)
         if array.ndim != 3 or array.shape[0] != 1:
             return self._model.detect_language(features)
-        return [self._submit(("detect",), array[0])]
+        return [self._submit(("detect", array.shape[1]), array[0])]
 
     def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> Any:
         if len(prompts) != 1 or options.get("asynchronous"):
@@ -191,8 +192,8 @@ class BatchingWhisper:
             siblings = None
         # A sibling's batches with its siblings' only, previous texts cut to one length there.
         position = ("siblings", id(siblings), sot > 0) if siblings is not None else sot
-        key = ("generate", position, _freeze(options))
         array = np.asarray(features, dtype=np.float32)
+        key = ("generate", position, _freeze(options), array.shape[1])
         return [self._submit(key, (array[0], prompt), siblings)]
 
     # --- the callers' side

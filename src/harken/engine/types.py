@@ -53,6 +53,9 @@ class TranscriptionOptions:
     # The script of Mandarin text: "simplified" (as MiMo answers), "traditional" or "original"
     # (as the model wrote it); None: the server's configured default.
     chinese_script: ChineseScript | None = None
+    # A quick reading of at most one window, for live partial text that later readings check:
+    # the model may trade a little accuracy for speed (see the backend for how).
+    draft: bool = False
 
 
 @dataclass(frozen=True, slots=True)

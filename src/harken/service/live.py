@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import logging
 import math
 import re
@@ -42,6 +41,7 @@ import numpy as np
 from harken.audio_stream import Encoding, StreamDecoder
 from harken.engine import SAMPLE_RATE, TranscriptionOptions
 from harken.engine.batching import Cancelled, cancel_scope
+from harken.engine.script import convert_text, converts
 from harken.engine.segmentation import SpeechProbabilities, as_float32
 from harken.errors import HarkenError, InvalidRequest, RateLimited, ServerError
 from harken.service.transcription import LoadedModel, TranscriptionService
@@ -58,11 +58,17 @@ _WINDOW = SpeechProbabilities.WINDOW
 _FIRST_PARTIAL_SECONDS = 0.6
 _PARTIAL_STEP_SECONDS = 0.4
 _FIRST_WORDS_STEP_SECONDS = 0.2
+_FIRST_WORDS_SECONDS = 3.0
 # Words are sent once this many decodes in a row agree on them, and not while they are among
 # a decode's last `_HELD_WORDS`. Measured on 14 clips (tiny.en, a decode every 0.4 s): two
 # decodes agreeing put the transcripts 2.8 points of WER behind a fresh decode's, three 0.4.
 _AGREEING = 3
 _HELD_WORDS = 2
+# A partial decode is cut where it starts repeating a run of up to this many words.
+_REPEAT_WORDS = 8
+# Partial decodes are drafts read greedily: the agreement above checks them, and at a third of
+# a full decode's cost they come often enough to send the first words early (see README).
+_DRAFT_BEAM = 1
 # An utterance is cut before Whisper's window is full, at its quietest moment in the last
 # `_CUT_SEARCH_SECONDS` (smoothed over `_CUT_SMOOTH` VAD windows).
 _MAX_UTTERANCE_SECONDS = 28.0
@@ -407,8 +413,14 @@ class LiveSession:
         heard = self._received - utterance.start
         if heard < _FIRST_PARTIAL_SECONDS * SAMPLE_RATE:
             return
-        step = _PARTIAL_STEP_SECONDS if utterance.committed else _FIRST_WORDS_STEP_SECONDS
-        if self._received - utterance.decoded_until < max(step, self._decode_seconds) * SAMPLE_RATE:
+        # Until the first words are out (in an utterance's first seconds), decodes follow each
+        # other; then no more often than they take (a slow machine decodes less often, one
+        # session never keeps a core busy with guesses).
+        if utterance.committed or heard > _FIRST_WORDS_SECONDS * SAMPLE_RATE:
+            step = max(_PARTIAL_STEP_SECONDS, self._decode_seconds)
+        else:
+            step = _FIRST_WORDS_STEP_SECONDS
+        if self._received - utterance.decoded_until < step * SAMPLE_RATE:
             return
         scheduler = self.service.scheduler
         if scheduler.waiting or scheduler.running >= scheduler.max_active:
@@ -428,6 +440,8 @@ class LiveSession:
         if self._partial is task:
             self._partial = None
             self._partial_cancel = None
+            if not task.cancelled():
+                self._maybe_partial()  # the audio that came in meanwhile, without waiting for more
 
     async def _decode_partial(
         self, utterance: _Utterance, audio: np.ndarray, cancel: threading.Event
@@ -450,7 +464,7 @@ class LiveSession:
         )
         if utterance.final or cancel.is_set():
             return
-        self._agree(utterance, _words(text))
+        self._agree(utterance, _before_repeat(_words(text)))
 
     def _agree(self, utterance: _Utterance, words: list[str]) -> None:
         """LocalAgreement: send the words the last `_AGREEING` decodes agree on, past what was
@@ -553,19 +567,39 @@ class LiveSession:
         return " ".join(p for p in (self.options.prompt, self._context) if p) or None
 
     def _decode_partial_text(self, audio: np.ndarray, cancel: threading.Event) -> str:
-        """A partial decode on a worker thread: the model's own beam, no temperature fallback
-        (a guess that the next decode checks, at a bounded cost)."""
+        """A partial decode on a worker thread: a draft (the model's quick reading), the
+        model's own beam, no temperature fallback: a guess that the next decodes check, at a
+        bounded cost. Mandarin in the script the final will have."""
         options = TranscriptionOptions(
-            language=self.options.language, prompt=self._prompt(), temperature=0.0
+            language=self.options.language,
+            prompt=self._prompt(),
+            temperature=0.0,
+            beam_size=_DRAFT_BEAM,
+            draft=True,
         )
         with cancel_scope(cancel):
             result = self.model.transcriber.transcribe(as_float32(audio), options)
-            return "".join(segment.text for segment in result.segments)
+            text = "".join(segment.text for segment in result.segments)
+        script = self.service.settings.chinese_script
+        return convert_text(text, script) if converts(result.info.language, script) else text
 
 
 def _words(text: str) -> list[str]:
     """Words as the model wrote them, each with its leading space (joined, the text again)."""
     return re.findall(r"\s*\S+", text)
+
+
+def _before_repeat(words: list[str]) -> list[str]:
+    """The words up to where the decode starts repeating itself (a run of two to
+    `_REPEAT_WORDS` words said again at once): a draft with a short window and a prompt can
+    loop ("Captain Frair. Captain Frair. Captain"), and three looping decodes would agree."""
+    plain = [_normal(word) for word in words]
+    for start in range(len(plain)):
+        for length in range(2, min(_REPEAT_WORDS, (len(plain) - start) // 2) + 1):
+            middle = start + length
+            if plain[start:middle] == plain[middle : middle + length]:
+                return words[:middle]
+    return words
 
 
 def _latest(text: str, characters: int) -> str:
@@ -585,19 +619,25 @@ def _same(a: str, b: str) -> bool:
 
 
 def _after(sent: list[str], words: list[str]) -> list[str]:
-    """The words of a decode that come after the `sent` words: the decode is aligned with them
-    (case and punctuation aside), as a later decode may read the sent words differently."""
+    """The words of a decode that come after the `sent` words. A later decode may read the sent
+    words differently, so the decode's prefix that stands for them is the one closest to them
+    in word edits (case and punctuation aside), of equals the one as long as they are: sent
+    "what you" against "what your country can do for you" stands for "what your", not for the
+    whole sentence."""
     if not sent:
         return list(words)
-    matcher = difflib.SequenceMatcher(
-        None, [_normal(w) for w in sent], [_normal(w) for w in words], autojunk=False
-    )
-    blocks = [b for b in matcher.get_matching_blocks() if b.size]
-    if not blocks:
-        return list(words[len(sent) :])
-    last = blocks[-1]
-    # Sent words after the last match stand for as many words of the decode.
-    end = last.b + last.size + (len(sent) - last.a - last.size)
+    a, b = [_normal(w) for w in sent], [_normal(w) for w in words]
+    # distance[j]: edits between the sent words so far and the decode's first j words.
+    distance = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        previous, distance = distance, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            distance[j] = min(
+                previous[j] + 1,  # a sent word the decode lacks
+                distance[j - 1] + 1,  # a decode word the sent words lack
+                previous[j - 1] + (word != b[j - 1]),
+            )
+    end = min(range(len(b) + 1), key=lambda j: (distance[j], abs(j - len(a)), j))
     return list(words[end:])
 
 
