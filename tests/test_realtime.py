@@ -813,3 +813,30 @@ def test_a_looping_partial_decode_is_cut_where_it_repeats(decode: str, kept: str
     from harken.service.live import _before_repeat, _words
 
     assert "".join(_before_repeat(_words(decode))).strip() == kept
+
+
+def test_mandarin_is_sent_while_spoken_in_simplified_characters(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    """Mandarin read live by whisper-base: with no spaces to agree on, each character counts
+    as a word, so text still comes while the speaker talks; deltas and transcripts are in
+    Simplified characters (as the file endpoint answers), and the deltas join to them."""
+    from harken.engine.script import convert_text
+
+    clips = [speech["aishell1_BAC009S0724W0121"], speech["aishell1_BAC009S0764W0122"]]
+    update = {"type": "transcription", "audio": {"input": {
+        "transcription": {"model": "whisper-base", "language": "zh"}}}}  # fmt: skip
+    heard = asyncio.run(ga_session(live_server, padded(clips), pace=1.0, update=update))
+    completed = heard.of("conversation.item.input_audio_transcription.completed")
+    assert len(completed) >= len(clips), heard.transcript()
+    deltas = heard.deltas_by_item()
+    for event in completed:
+        assert deltas.get(event.item_id, "") == event.transcript
+    text = heard.transcript()
+    assert "广州市" in text, text  # whisper-base alone sometimes writes 廣州市
+    assert convert_text(text, "simplified") == text, text
+    assert any(
+        heard.first("conversation.item.input_audio_transcription.delta", e.item_id)
+        < heard.first("input_audio_buffer.speech_stopped", e.item_id)
+        for e in completed
+    ), "no text while the speaker talked"
