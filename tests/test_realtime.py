@@ -840,3 +840,25 @@ def test_mandarin_is_sent_while_spoken_in_simplified_characters(
         < heard.first("input_audio_buffer.speech_stopped", e.item_id)
         for e in completed
     ), "no text while the speaker talked"
+
+
+def test_the_final_is_read_while_the_silence_goes_on(
+    live_server: RunningServer, speech: dict[str, Clip]
+) -> None:
+    """At real time with the server idle, an utterance's final is started 200 ms into the
+    silence that ends it and used once the silence is long enough (`silence_duration_ms`);
+    the transcript is still the whole utterance's, and the deltas join to it."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    used = value(scrape(live_server.url, headers=auth), "harken_realtime_read_ahead_total",
+                 outcome="used")  # fmt: skip
+    clip = speech["ls_1995-1837-0001"]
+    heard = asyncio.run(ga_session(live_server, padded([clip]), pace=1.0))
+    after = value(scrape(live_server.url, headers=auth), "harken_realtime_read_ahead_total",
+                  outcome="used")  # fmt: skip
+    assert after >= used + 1, (used, after)
+    completed = heard.of("conversation.item.input_audio_transcription.completed")
+    deltas = heard.deltas_by_item()
+    for event in completed:
+        assert deltas.get(event.item_id, "") == event.transcript
+    file = wer(clip.text, file_transcript(live_server, [clip]))
+    assert wer(clip.text, heard.transcript()) <= file + 0.01, heard.transcript()

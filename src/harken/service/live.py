@@ -33,13 +33,14 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from harken.audio_stream import Encoding, StreamDecoder
-from harken.engine import SAMPLE_RATE, TranscriptionOptions
+from harken.engine import SAMPLE_RATE, Segment, TranscriptionOptions
 from harken.engine.batching import Cancelled, cancel_scope
 from harken.engine.script import convert_text, converts
 from harken.engine.segmentation import SpeechProbabilities, as_float32
@@ -75,6 +76,11 @@ _DRAFT_BEAM = 1
 _MAX_UTTERANCE_SECONDS = 28.0
 _CUT_SEARCH_SECONDS = 10.0
 _CUT_SMOOTH = 5
+# A final reads its utterance up to this much after the speech ends (not the whole silence that
+# ends it), and starts once that much silence is in: if the silence goes on to end the
+# utterance, its transcript is ready sooner by the rest of `silence_duration_ms`; if speech
+# resumes, that read is dropped. Only while the server has no queue.
+_FINAL_TAIL_SECONDS = 0.2
 # Without turn detection the buffer waits for the client's commit: at most this much of it.
 _MAX_BUFFER_SECONDS = 15 * 60.0
 _MIN_COMMIT_SECONDS = 0.1  # OpenAI's minimum for a commit
@@ -153,6 +159,15 @@ class Cleared:
 LiveEvent = SpeechStarted | SpeechStopped | Committed | Delta | Completed | Failed | Cleared
 
 
+@dataclass
+class _ReadAhead:
+    """An utterance's final read while the silence that may end it goes on."""
+
+    utterance: _Utterance
+    end: int  # session sample where its audio ends
+    task: asyncio.Task[list[Segment]]
+
+
 def new_item_id() -> str:
     return f"item_{uuid.uuid4().hex[:24]}"
 
@@ -210,7 +225,10 @@ class LiveSession:
         self.events: asyncio.Queue[LiveEvent] = asyncio.Queue()
         self._closed = False
         self._previous_item: str | None = None
-        self._finals: asyncio.Queue[tuple[_Utterance, np.ndarray]] = asyncio.Queue()
+        self._finals: asyncio.Queue[
+            tuple[_Utterance, np.ndarray, asyncio.Task[list[Segment]] | None]
+        ] = asyncio.Queue()
+        self._ahead: _ReadAhead | None = None
         self._finals_pending = 0
         self._final_worker = asyncio.create_task(self._run_finals())
         self._partial: asyncio.Task[None] | None = None
@@ -301,7 +319,11 @@ class LiveSession:
         self._closed = True
         if self._partial_cancel is not None:
             self._partial_cancel.set()
-        tasks = [self._final_worker, *([self._partial] if self._partial else [])]
+        tasks: list[asyncio.Task[Any]] = [self._final_worker]
+        tasks += [self._partial] if self._partial else []
+        if self._ahead is not None:
+            tasks.append(self._ahead.task)
+            self._ahead = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -330,12 +352,15 @@ class LiveSession:
             self._probs.append(prob)
             if prob >= turn.threshold:
                 self._silence_from = None
+                self._drop_read_ahead()  # speech goes on
             elif prob < negative and self._silence_from is None:
                 self._silence_from = position
             if self._silence_from is not None and end - self._silence_from >= silence:
                 self._finish(end, stopped=True, speech_end=self._silence_from)
             elif end - utterance.start >= _MAX_UTTERANCE_SECONDS * SAMPLE_RATE:
                 self._cut(end)
+            elif self._silence_from is not None:
+                self._maybe_read_ahead(utterance, self._silence_from, end)
         if self._utterance is None:
             keep = pad + 2 * _WINDOW
             self._buffer_tail(keep)
@@ -345,10 +370,18 @@ class LiveSession:
         assert utterance is not None
         self._utterance = None
         self._stop_partial(utterance)
+        ahead, self._ahead = self._ahead, None
         if stopped:
             self.events.put_nowait(SpeechStopped(utterance.item_id, _ms(speech_end or end)))
+            end = min(end, (speech_end or end) + _final_tail(self.options.turn_detection))
+        if ahead is not None and (ahead.utterance is not utterance or ahead.end != end):
+            self._ahead = ahead
+            self._drop_read_ahead()
+            ahead = None
+        elif ahead is not None:
+            self.service.scheduler.metrics.realtime_read_ahead.labels("used").inc()
         audio = self._buffer_audio(utterance.start, end)
-        self._commit(utterance, audio)
+        self._commit(utterance, audio, ahead.task if ahead is not None else None)
         pad = self.options.turn_detection.prefix_padding_ms if self.options.turn_detection else 0
         self._buffer_tail(self._received - end + int(pad * SAMPLE_RATE / 1000) + _WINDOW)
         self._probs, self._silence_from = [], None
@@ -366,6 +399,7 @@ class LiveSession:
         cut = min(max(cut, utterance.start + SAMPLE_RATE), end)
         self._utterance = None
         self._stop_partial(utterance)
+        self._drop_read_ahead()
         self.events.put_nowait(SpeechStopped(utterance.item_id, _ms(cut)))
         self._commit(utterance, self._buffer_audio(utterance.start, cut))
         following = _Utterance(new_item_id(), cut, cut)
@@ -376,14 +410,40 @@ class LiveSession:
         self.events.put_nowait(SpeechStarted(following.item_id, _ms(cut)))
         self._buffer_tail(self._received - cut)
 
-    def _commit(self, utterance: _Utterance, audio: np.ndarray) -> None:
+    def _commit(
+        self,
+        utterance: _Utterance,
+        audio: np.ndarray,
+        ahead: asyncio.Task[list[Segment]] | None = None,
+    ) -> None:
         utterance.final = True
         self.events.put_nowait(Committed(utterance.item_id, self._previous_item))
         self._previous_item = utterance.item_id
         self._finals_pending += 1
-        self._finals.put_nowait((utterance, audio))
+        self._finals.put_nowait((utterance, audio, ahead))
+
+    def _maybe_read_ahead(self, utterance: _Utterance, speech_end: int, now: int) -> None:
+        """Start reading the utterance's final while the silence that may end it goes on."""
+        end = speech_end + _final_tail(self.options.turn_detection)
+        if self._ahead is not None or now < end or self._finals_pending or self._closed:
+            return
+        scheduler = self.service.scheduler
+        if scheduler.waiting or scheduler.running >= scheduler.max_active:
+            return  # the server has a queue: no work that may be thrown away
+        if self.service.shutting_down:
+            return
+        self._stop_partial_decode()
+        task = asyncio.create_task(self._read(self._buffer_audio(utterance.start, end)))
+        self._ahead = _ReadAhead(utterance, end, task)
+
+    def _drop_read_ahead(self) -> None:
+        if self._ahead is not None:
+            self._ahead.task.cancel()
+            self._ahead = None
+            self.service.scheduler.metrics.realtime_read_ahead.labels("dropped").inc()
 
     def _drop_utterance(self) -> None:
+        self._drop_read_ahead()
         if self._utterance is not None:
             self._stop_partial(self._utterance)
             self._utterance.final = True
@@ -409,7 +469,13 @@ class LiveSession:
     # --- partial decodes
     def _maybe_partial(self) -> None:
         utterance = self._utterance
-        if utterance is None or self._partial is not None or self._finals_pending or self._closed:
+        if (
+            utterance is None
+            or self._partial is not None
+            or self._ahead is not None
+            or self._finals_pending
+            or self._closed
+        ):
             return
         heard = self._received - utterance.start
         if heard < _FIRST_PARTIAL_SECONDS * SAMPLE_RATE:
@@ -489,16 +555,19 @@ class LiveSession:
 
     def _stop_partial(self, utterance: _Utterance) -> None:
         utterance.final = True
+        self._stop_partial_decode()
+
+    def _stop_partial_decode(self) -> None:
         if self._partial_cancel is not None:
             self._partial_cancel.set()
 
     # --- finals, one after another
     async def _run_finals(self) -> None:
         while True:
-            utterance, audio = await self._finals.get()
+            utterance, audio, ahead = await self._finals.get()
             self.partial_slots.finals_running += 1
             try:
-                await self._final(utterance, audio)
+                await self._final(utterance, audio, ahead)
             except asyncio.CancelledError:
                 raise
             except Cancelled:
@@ -514,28 +583,24 @@ class LiveSession:
                 self._finals_pending -= 1
                 self.partial_slots.finals_running -= 1
 
-    async def _final(self, utterance: _Utterance, audio: np.ndarray) -> None:
-        """The utterance read as a file is (the same path, the same quality). With turn
-        detection, the words already sent stay and the text after them follows as one delta;
-        without it, the text is sent as it is decoded."""
-        options = TranscriptionOptions(
-            language=self.options.language,
-            prompt=self.options.prompt,
-            word_timestamps=self.options.logprobs,
-        )
+    async def _final(
+        self,
+        utterance: _Utterance,
+        audio: np.ndarray,
+        ahead: asyncio.Task[list[Segment]] | None = None,
+    ) -> None:
+        """The utterance read as a file is (the same path, the same quality), or its read
+        ahead. With turn detection, the words already sent stay and the text after them
+        follows as one delta; without it, the text is sent as it is decoded."""
         live = self.options.turn_detection is not None
-        job = await self._never_skipped_stream(audio, options)
         words: list[str] = []
         logprobs: list[tuple[str, float]] = []
-        try:
-            async for segment in job:
-                piece = segment.text if words else segment.text.lstrip()
-                words += _words(piece)
-                if piece and not live:
-                    self.events.put_nowait(Delta(utterance.item_id, piece))
-                logprobs += [(w.word, _log(w.probability)) for w in segment.words or ()]
-        finally:
-            await job.aclose()
+        async for segment in self._segments(audio, ahead):
+            piece = segment.text if words else segment.text.lstrip()
+            words += _words(piece)
+            if piece and not live:
+                self.events.put_nowait(Delta(utterance.item_id, piece))
+            logprobs += [(w.word, _log(w.probability)) for w in segment.words or ()]
         if live:
             rest = _after(utterance.committed, words)
             if (
@@ -559,6 +624,35 @@ class LiveSession:
                 tuple(logprobs) if self.options.logprobs else None,
             )
         )
+
+    def _final_options(self) -> TranscriptionOptions:
+        return TranscriptionOptions(
+            language=self.options.language,
+            prompt=self.options.prompt,
+            word_timestamps=self.options.logprobs,
+        )
+
+    async def _segments(
+        self, audio: np.ndarray, ahead: asyncio.Task[list[Segment]] | None
+    ) -> AsyncIterator[Segment]:
+        if ahead is not None:
+            for segment in await ahead:
+                yield segment
+            return
+        job = await self._never_skipped_stream(audio, self._final_options())
+        try:
+            async for segment in job:
+                yield segment
+        finally:
+            await job.aclose()
+
+    async def _read(self, audio: np.ndarray) -> list[Segment]:
+        """A final read ahead, whole."""
+        job = await self._never_skipped_stream(audio, self._final_options())
+        try:
+            return [segment async for segment in job]
+        finally:
+            await job.aclose()
 
     async def _never_skipped_stream(self, audio: np.ndarray, options: TranscriptionOptions) -> Any:
         while True:
@@ -595,6 +689,12 @@ class LiveSession:
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORD = re.compile(rf"\s*(?:[{_UNSPACED}]|[^\s{_UNSPACED}]+)")
 _UNSPACED_CHARACTER = re.compile(rf"[{_UNSPACED}]")
+
+
+def _final_tail(turn: TurnDetection | None) -> int:
+    """Samples of silence after the speech that a final reads."""
+    silence = turn.silence_duration_ms / 1000 if turn is not None else _FINAL_TAIL_SECONDS
+    return int(min(silence, _FINAL_TAIL_SECONDS) * SAMPLE_RATE)
 
 
 def _words(text: str) -> list[str]:

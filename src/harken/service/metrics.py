@@ -85,6 +85,12 @@ class Metrics:
             "idle_timeout, session_too_long, too_many_sessions, shutdown, error.",
             ["reason"], registry=r,
         )  # fmt: skip
+        self.realtime_read_ahead = Counter(
+            "harken_realtime_read_ahead",
+            "Live finals started while the silence that may end an utterance went on, by "
+            "outcome: used (the utterance ended), dropped (speech resumed).",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self._scheduler: _SchedulerView | None = None
         self._engines: Callable[[], Mapping[str, Any]] = dict
         r.register(_LiveCollector(self))
