@@ -8,7 +8,8 @@ only once three decodes in a row agree on them (LocalAgreement), each decode pro
 the session heard before: what is sent is never taken back, so deltas only ever append. When
 speech stops, the utterance is read as a file is (the same path and quality as POST
 /v1/audio/transcriptions); the sent words stay, and the final text's words after them (found
-by aligning the two) complete the transcript, so the deltas always join to it.
+by aligning the two) complete the transcript, so the deltas always join to it. That read
+starts 200 ms into the silence that may end the utterance and is dropped if speech resumes.
 
 Partial decodes are a luxury: skipped while the server has a queue or any session's final is
 being decoded, and never more than `PartialSlots.limit` at once server-wide. Finals are never
