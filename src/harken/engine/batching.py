@@ -90,7 +90,6 @@ class SiblingGroup:
 
     def waited_for(self) -> set[int]:
         return self.members - {self.lead}
-        self.left = threading.Event()  # set when a member leaves: held calls look again
 
     @contextlib.contextmanager
     def member(self) -> Iterator[None]:
