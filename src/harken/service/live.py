@@ -371,16 +371,16 @@ class LiveSession:
         assert utterance is not None
         self._utterance = None
         self._stop_partial(utterance)
-        ahead, self._ahead = self._ahead, None
         if stopped:
             self.events.put_nowait(SpeechStopped(utterance.item_id, _ms(speech_end or end)))
             end = min(end, (speech_end or end) + _final_tail(self.options.turn_detection))
-        if ahead is not None and (ahead.utterance is not utterance or ahead.end != end):
-            self._ahead = ahead
+        ahead = self._ahead
+        if ahead is not None and ahead.utterance is utterance and ahead.end == end:
+            self._ahead = None  # read ahead of exactly this audio: it is the final
+            self.service.scheduler.metrics.realtime_read_ahead.labels("used").inc()
+        else:
             self._drop_read_ahead()
             ahead = None
-        elif ahead is not None:
-            self.service.scheduler.metrics.realtime_read_ahead.labels("used").inc()
         audio = self._buffer_audio(utterance.start, end)
         self._commit(utterance, audio, ahead.task if ahead is not None else None)
         pad = self.options.turn_detection.prefix_padding_ms if self.options.turn_detection else 0
@@ -649,11 +649,7 @@ class LiveSession:
 
     async def _read(self, audio: np.ndarray) -> list[Segment]:
         """A final read ahead, whole."""
-        job = await self._never_skipped_stream(audio, self._final_options())
-        try:
-            return [segment async for segment in job]
-        finally:
-            await job.aclose()
+        return [segment async for segment in self._segments(audio, None)]
 
     async def _never_skipped_stream(self, audio: np.ndarray, options: TranscriptionOptions) -> Any:
         while True:
@@ -668,9 +664,9 @@ class LiveSession:
         return " ".join(p for p in (self.options.prompt, self._context) if p) or None
 
     def _decode_partial_text(self, audio: np.ndarray, cancel: threading.Event) -> str:
-        """A partial decode on a worker thread: a draft (the model's quick reading), the
-        model's own beam, no temperature fallback: a guess that the next decodes check, at a
-        bounded cost. Mandarin in the script the final will have."""
+        """A partial decode on a worker thread: a draft (the model's quick reading), greedy,
+        no temperature fallback: a guess that the next decodes check, at a bounded cost.
+        Mandarin in the script the final will have."""
         options = TranscriptionOptions(
             language=self.options.language,
             prompt=self._prompt(),
