@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from harken.engine.runtime import prepare_ctranslate2
+
 SAMPLE_RATE = 16_000
 _WINDOW = 512  # Silero's window at 16 kHz
 _CONTEXT = 64  # samples of the previous window Silero sees with each window
@@ -260,6 +262,7 @@ class SpeechProbabilities:
     WINDOW = _WINDOW
 
     def __init__(self) -> None:
+        prepare_ctranslate2()  # faster_whisper loads CTranslate2 with its VAD
         from faster_whisper.vad import get_vad_model
 
         self._session = get_vad_model().session

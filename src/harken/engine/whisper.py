@@ -14,6 +14,7 @@ import numpy as np
 
 from harken.engine.batching import BatchingWhisper
 from harken.engine.batching import install as install_batching
+from harken.engine.runtime import prepare_ctranslate2
 from harken.engine.segmentation import as_float32
 from harken.engine.types import (
     Segment,
@@ -42,6 +43,7 @@ _DRAFT_TOKENS_PER_SECOND = 10
 def pick_device(device: str) -> str:
     if device != "auto":
         return device
+    prepare_ctranslate2()
     import ctranslate2
 
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
@@ -69,6 +71,7 @@ class FasterWhisperTranscriber:
         batch_size: int = 1,
         download_root: Path | None = None,
     ) -> None:
+        prepare_ctranslate2()
         from faster_whisper import WhisperModel
 
         self.name = name
