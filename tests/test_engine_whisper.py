@@ -4,6 +4,9 @@ with the raw engine's words, and a batcher whose executors lose no call under co
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -139,9 +142,10 @@ def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
 ) -> None:
     # Pieces of one recording: each window's prompt carries a previous text of its own length.
     # Each round, every sibling still reading goes into one batch (never split by the wait
-    # running out: it is made long here), its previous text cut to the shortest; one that has
-    # finished is not waited for.
+    # running out: the waits are made long here), its previous text cut to the shortest; one
+    # that has finished is not waited for.
     monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
     seen: list[list[int]] = []  # the prompt lengths of each generate call, as the model got them
 
     class Recorder(_Doubler):
@@ -175,6 +179,83 @@ def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
     assert all(len(set(call)) == 1 for call in seen), f"prompts of two lengths: {seen}"
     # The shortest previous text sets the length: sibling 0's, one more token each window.
     assert [call[0] for call in seen[:3]] == [4, 5, 6], seen
+
+
+def test_a_sibling_is_waited_for_while_the_model_works_and_not_once_it_is_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Round 1: sibling 1's encoder pass is slow (the model is busy), so sibling 0's beam search
+    # waits for it, well past the idle time, and the two run as one batch. Round 2: sibling 1
+    # is away from the model (Python, say) for 1.5 s; with the model idle, sibling 0 is let go
+    # after the idle time instead of waiting for it.
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 0.2)
+    seen: list[int] = []
+
+    class SlowForOne(_Doubler):
+        def encode(self, features: Any, to_cpu: bool = False) -> Any:
+            if np.asarray(features).flat[0] == 1:
+                time.sleep(1.0)
+            return super().encode(features, to_cpu)
+
+        def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+            seen.append(len(prompts))
+            return super().generate(features, prompts, **options)
+
+    batcher = BatchingWhisper(SlowForOne(), sot_token=1, max_batch=8, executors=1)
+    group = SiblingGroup()
+    joined = threading.Barrier(2)
+    waits: list[float] = []
+
+    def sibling(worker: int) -> None:
+        features = np.full((1, 4, 6), worker, dtype=np.float32)
+        with group.member():
+            joined.wait()
+            batcher.encode(features)
+            batcher.generate(features, [[1, 2]])
+            if worker == 1:
+                time.sleep(1.5)
+            started = time.monotonic()
+            batcher.generate(features, [[1, 2]])
+            if worker == 0:
+                waits.append(time.monotonic() - started)
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            for future in [pool.submit(sibling, worker) for worker in (0, 1)]:
+                future.result(timeout=30)
+    finally:
+        batcher.close()
+    assert seen == [2, 1, 1], seen
+    assert waits[0] < 1.0, waits
+
+
+def test_word_alignment_goes_through_the_queue_one_window_at_a_time() -> None:
+    calls: list[tuple[int, int]] = []
+
+    class Aligner(_Doubler):
+        def align(self, features: Any, start: list[int], tokens: list[list[int]], frames: int,
+                  **options: Any) -> list[Any]:  # fmt: skip
+            calls.append((int(np.asarray(features).flat[0]), frames))
+            time.sleep(0.01)
+            return [("aligned", tokens, options["median_filter_width"])]
+
+    batcher = BatchingWhisper(Aligner(), sot_token=1, max_batch=8, executors=2)
+    start = threading.Barrier(6)
+
+    def caller(worker: int) -> Any:
+        features = ctranslate2.StorageView.from_array(np.full((1, 4, 6), worker, np.float32))
+        start.wait()
+        return batcher.align(features, [1], [[worker, 7]], 100 + worker, median_filter_width=7)
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(caller, range(6)))
+    finally:
+        batcher.close()
+    assert results == [[("aligned", [[worker, 7]], 7)] for worker in range(6)]
+    assert sorted(calls) == [(worker, 100 + worker) for worker in range(6)]
+    assert batcher.stats.batches[("align", 1)] == 6
 
 
 def test_languages_detected_in_one_batch_each_go_to_their_own_request(
@@ -253,3 +334,38 @@ def test_a_draft_encodes_a_short_window_and_reads_the_same_words(
 
 def _plain(text: str) -> str:
     return " ".join("".join(c for c in w.lower() if c.isalnum()) for w in text.split())
+
+
+_SPIN_PROBE = """
+import os, sys
+if sys.argv[1] == "early":
+    import ctranslate2
+if sys.argv[1] == "engine":  # the engine's own way in: choosing the device loads CTranslate2
+    from harken.engine.whisper import pick_device
+    pick_device("auto")
+from harken.engine.runtime import prepare_ctranslate2
+prepare_ctranslate2()
+import ctranslate2
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "when", "expected"),
+    [
+        ({}, "late", "ACTIVE 300000"),  # set before CTranslate2 (libgomp) is loaded
+        ({}, "engine", "ACTIVE 300000"),
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, "late", "PASSIVE None"),  # the caller's own kept
+        ({"GOMP_SPINCOUNT": "0"}, "late", "None 0"),
+        ({}, "early", "None None"),  # too late to matter: left alone
+    ],
+)
+def test_the_openmp_spin_is_set_before_ctranslate2_loads_unless_the_caller_chose(
+    given: dict[str, str], when: str, expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run(
+        [sys.executable, "-c", _SPIN_PROBE, when],
+        env={**env, **given}, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert out.stdout.split("\n")[-2] == expected
