@@ -25,11 +25,16 @@ limit) the position of <|startoftranscript|> in the prompt.
 Calls that differ run in separate batches, oldest first.
 
 Pieces of one long recording read side by side (`SiblingGroup`) are held to one pace instead:
-a sibling's beam search waits until every sibling still reading has one waiting (or
-`SIBLING_WAIT_SECONDS` have passed), and they run as one batch, each previous text cut to the
-shortest among them (the same <|startoftranscript|> position). Left alone, their windows almost
-never meet (each carries previous text of its own length) and two beam searches run at once on
-the same cores; at the same pace, eight of them cost little more than two.
+a sibling's beam search waits until every sibling still reading has one waiting, and they run
+as one batch, each previous text cut to the shortest among them (the same
+<|startoftranscript|> position). Left alone, their windows almost never meet (each carries
+previous text of its own length) and two beam searches run at once on the same cores; at the
+same pace, eight of them cost little more than two. A sibling that is not back is waited for
+while the model is busy (its encoder pass or word alignment may be queued behind the others':
+a round of eight encoder passes takes seconds), but not once the model has had nothing to do
+for `SIBLING_IDLE_SECONDS` (it is busy elsewhere, and the others need not wait for it), nor
+past `SIBLING_WAIT_SECONDS`. Every call a sibling makes (word alignment too) goes through the
+batcher, so that it can tell the two apart.
 """
 
 from __future__ import annotations
@@ -48,9 +53,11 @@ import numpy as np
 # with their next call (they run a little Python between calls). Long enough to gather them,
 # short enough that a lone request never notices.
 LINGER_SECONDS = 0.004
-# The longest a sibling's beam search waits for the others' (a sibling between windows is
-# back within an encoder pass and a word alignment; this only bounds a slow one).
-SIBLING_WAIT_SECONDS = 2.0
+# A sibling's beam search waits for the others' while the model is busy, but not once it has
+# had nothing to do for this long (a sibling between two model calls runs a few ms of Python),
+# and never longer than `SIBLING_WAIT_SECONDS` (a bound: a round is seconds long).
+SIBLING_IDLE_SECONDS = 0.2
+SIBLING_WAIT_SECONDS = 20.0
 
 
 class Cancelled(Exception):
@@ -85,11 +92,6 @@ class SiblingGroup:
 
     def __init__(self) -> None:
         self.members: set[int] = set()
-        # The thread whose text is being streamed now: it reads at its own pace, never held.
-        self.lead: int | None = None
-
-    def waited_for(self) -> set[int]:
-        return self.members - {self.lead}
 
     @contextlib.contextmanager
     def member(self) -> Iterator[None]:
@@ -155,6 +157,7 @@ class BatchingWhisper:
         self._pending: list[_Call] = []
         self._expected = 0  # callers served by the last batch, likely to call again soon
         self._closed = False
+        self._quiet_since = time.monotonic()  # when the last batch ended with none running
         self._threads = [
             threading.Thread(target=self._dispatch, name=f"harken-batcher-{i}", daemon=True)
             for i in range(max(1, executors))
@@ -187,13 +190,18 @@ class BatchingWhisper:
         prompt = list(prompts[0])
         sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
         siblings = getattr(_local, "siblings", None)
-        if siblings is not None and siblings.lead == threading.get_ident():
-            siblings = None
         # A sibling's batches with its siblings' only, previous texts cut to one length there.
         position = ("siblings", id(siblings), sot > 0) if siblings is not None else sot
         array = np.asarray(features, dtype=np.float32)
         key = ("generate", position, _freeze(options), array.shape[1])
         return [self._submit(key, (array[0], prompt), siblings)]
+
+    def align(
+        self, features: Any, start: list[int], tokens: list[list[int]], frames: int, **options: Any
+    ) -> Any:
+        """Word alignment (word timestamps): never batched, but queued like every other call,
+        so that the batcher knows when the model is busy (see `SiblingGroup`)."""
+        return self._submit(("align",), (features, start, tokens, frames, options))
 
     # --- the callers' side
     def _submit(
@@ -226,6 +234,8 @@ class BatchingWhisper:
                 with self._cond:
                     self.stats.busy -= 1
                     self.stats.busy_seconds += time.monotonic() - started
+                    if not self.stats.busy:
+                        self._quiet_since = time.monotonic()
                     self._expected = max(self._expected, len({c.caller for c in batch}))
                 for call in batch:
                     call.done.set()
@@ -250,7 +260,7 @@ class BatchingWhisper:
                 break
             if self._pending:  # only siblings waiting for each other
                 self._cond.wait(self._sibling_wait())
-        limit = self.max_encode_batch if first.key[0] == "encode" else self.max_batch
+        limit = {"encode": self.max_encode_batch, "align": 1}.get(first.key[0], self.max_batch)
         batch = [c for c in self._pending if c.key == first.key][:limit]
         taken = {id(c) for c in batch}
         self._pending = [c for c in self._pending if id(c) not in taken]
@@ -258,16 +268,22 @@ class BatchingWhisper:
 
     def _first_ready(self) -> _Call | None:
         """The oldest pending call that may run now: any but a sibling's beam search, which
-        waits until its round is complete (every sibling still reading, but the lead, has one
-        pending)."""
+        waits until its round is complete (every sibling still reading has one pending), or
+        the model has had nothing else to do for `SIBLING_IDLE_SECONDS`, or it has waited
+        `SIBLING_WAIT_SECONDS`."""
         now = time.monotonic()
+        quiet = now - self._quiet_since if not self.stats.busy else 0.0
         for call in self._pending:
             group = call.siblings
             if call.key[0] != "generate" or group is None or call.released:
                 return call
             round_ = [c for c in self._pending if c.siblings is group and c.key[0] == "generate"]
             callers = {c.caller for c in round_}
-            if group.waited_for() <= callers or now - call.submitted >= SIBLING_WAIT_SECONDS:
+            if (
+                group.members <= callers
+                or quiet >= SIBLING_IDLE_SECONDS
+                or now - call.submitted >= SIBLING_WAIT_SECONDS
+            ):
                 for c in round_:
                     c.released = True
                 return call
@@ -275,7 +291,8 @@ class BatchingWhisper:
 
     def _sibling_wait(self) -> float:
         """How long the dispatcher may sleep while siblings wait: until the oldest one's wait
-        is over, looking again often (a sibling that leaves does not notify the batcher)."""
+        is over, looking again often (a sibling that leaves, or the model's staying idle, does
+        not notify the batcher)."""
         oldest = min(c.submitted for c in self._pending)
         return min(0.01, max(0.0, oldest + SIBLING_WAIT_SECONDS - time.monotonic()))
 
@@ -286,6 +303,9 @@ class BatchingWhisper:
                 results = self._encode_batch([c.payload for c in batch])
             elif kind == "detect":
                 results = self._model.detect_language(_stacked([c.payload for c in batch]))
+            elif kind == "align":
+                features, start, tokens, frames, options = batch[0].payload
+                results = [self._model.align(features, start, tokens, frames, **options)]
             else:
                 results = self._generate_batch(batch[0].key[2], [c.payload for c in batch])
         except BaseException as exc:
