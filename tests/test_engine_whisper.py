@@ -258,65 +258,6 @@ def test_word_alignment_goes_through_the_queue_one_window_at_a_time() -> None:
     assert batcher.stats.batches[("align", 1)] == 6
 
 
-def test_a_recordings_pieces_make_one_call_at_a_time_and_others_use_the_free_executor() -> None:
-    # Three siblings (pieces of one recording) encode and align on a batcher with two
-    # executors: never two of their calls at once (they would share the cores). A request from
-    # outside the recording still runs on the free executor next to theirs.
-    lock = threading.Lock()
-    running: list[str] = []
-    most_siblings = 0
-    outside_next_to_sibling = 0
-
-    def call(features: Any) -> None:
-        nonlocal most_siblings, outside_next_to_sibling
-        who = "outside" if np.asarray(features).flat[0] == 9 else "sibling"
-        with lock:
-            running.append(who)
-            most_siblings = max(most_siblings, running.count("sibling"))
-            outside_next_to_sibling += who == "outside" and "sibling" in running
-        time.sleep(0.03)
-        with lock:
-            running.remove(who)
-
-    class Tracked(_Doubler):
-        def encode(self, features: Any, to_cpu: bool = False) -> Any:
-            call(features)
-            return super().encode(features, to_cpu)
-
-        def align(self, features: Any, start: list[int], tokens: list[list[int]], frames: int,
-                  **options: Any) -> list[Any]:  # fmt: skip
-            call(features)
-            return [tokens[0]]
-
-    batcher = BatchingWhisper(Tracked(), sot_token=1, max_batch=8, executors=2)
-    group = SiblingGroup()
-    go = threading.Barrier(4)
-
-    def sibling(worker: int) -> None:
-        features = np.full((1, 4, 6), worker, dtype=np.float32)
-        with group.member():
-            go.wait()
-            for _ in range(4):
-                encoded = batcher.encode(features)
-                assert batcher.align(encoded, [1], [[worker]], 6) == [[worker]]
-
-    def outside() -> None:
-        go.wait()
-        for _ in range(8):
-            batcher.encode(np.full((1, 4, 6), 9, dtype=np.float32))
-
-    try:
-        with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(sibling, worker) for worker in range(3)]
-            futures.append(pool.submit(outside))
-            for future in futures:
-                future.result(timeout=30)
-    finally:
-        batcher.close()
-    assert most_siblings == 1
-    assert outside_next_to_sibling >= 4, outside_next_to_sibling
-
-
 def test_languages_detected_in_one_batch_each_go_to_their_own_request(
     base_weights: Path, unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
 ) -> None:

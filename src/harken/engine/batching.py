@@ -35,13 +35,6 @@ a round of eight encoder passes takes seconds), but not once the model has had n
 for `SIBLING_IDLE_SECONDS` (it is busy elsewhere, and the others need not wait for it), nor
 past `SIBLING_WAIT_SECONDS`. Every call a sibling makes (word alignment too) goes through the
 batcher, so that it can tell the two apart.
-
-The siblings of one recording also make one call at a time, whatever the executors: two calls at
-once share the same cores (each executor's call uses all of them), so each runs at half speed
-and both pay for the sharing. On the 11-minute many-speaker recording (whisper-base, 2 cores)
-its pieces' encoder passes running two at a time took 21.8 s of calls for 11.0 s one at a time,
-and the whole file 47.3 s against 42.6 s. Other requests' calls still run on a free executor
-next to a recording's, so a short request does not wait for a long file's batch.
 """
 
 from __future__ import annotations
@@ -165,7 +158,6 @@ class BatchingWhisper:
         self._expected = 0  # callers served by the last batch, likely to call again soon
         self._closed = False
         self._quiet_since = time.monotonic()  # when the last batch ended with none running
-        self._running: Counter[SiblingGroup] = Counter()  # recordings with a call running
         self._threads = [
             threading.Thread(target=self._dispatch, name=f"harken-batcher-{i}", daemon=True)
             for i in range(max(1, executors))
@@ -183,17 +175,14 @@ class BatchingWhisper:
             array = array[None]
         if array.shape[0] != 1:
             return self._model.encode(features, to_cpu=to_cpu)
-        key = ("encode", array.shape[-1])  # a draft's window may be short
-        return self._submit(key, array[0], getattr(_local, "siblings", None))
+        return self._submit(("encode", array.shape[-1]), array[0])  # a draft's may be short
 
     def detect_language(self, features: Any) -> Any:
         """One decoder step over an encoded window: its language probabilities."""
         array = np.asarray(features, dtype=np.float32)
         if array.ndim != 3 or array.shape[0] != 1:
             return self._model.detect_language(features)
-        return [
-            self._submit(("detect", array.shape[1]), array[0], getattr(_local, "siblings", None))
-        ]
+        return [self._submit(("detect", array.shape[1]), array[0])]
 
     def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> Any:
         if len(prompts) != 1 or options.get("asynchronous"):
@@ -212,8 +201,7 @@ class BatchingWhisper:
     ) -> Any:
         """Word alignment (word timestamps): never batched, but queued like every other call,
         so that the batcher knows when the model is busy (see `SiblingGroup`)."""
-        payload = (features, start, tokens, frames, options)
-        return self._submit(("align",), payload, getattr(_local, "siblings", None))
+        return self._submit(("align",), (features, start, tokens, frames, options))
 
     # --- the callers' side
     def _submit(
@@ -244,11 +232,6 @@ class BatchingWhisper:
                 self._run(batch)
             finally:
                 with self._cond:
-                    for group in _groups(batch):
-                        self._running[group] -= 1
-                        if not self._running[group]:
-                            del self._running[group]
-                            self._cond.notify_all()  # the recording's next call may go
                     self.stats.busy -= 1
                     self.stats.busy_seconds += time.monotonic() - started
                     if not self.stats.busy:
@@ -278,15 +261,10 @@ class BatchingWhisper:
             if self._pending:  # only siblings waiting for each other
                 self._cond.wait(self._sibling_wait())
         limit = {"encode": self.max_encode_batch, "align": 1}.get(first.key[0], self.max_batch)
-        batch = [c for c in self._pending if c.key == first.key and not self._waits(c)][:limit]
+        batch = [c for c in self._pending if c.key == first.key][:limit]
         taken = {id(c) for c in batch}
         self._pending = [c for c in self._pending if id(c) not in taken]
-        self._running.update(_groups(batch))
         return batch
-
-    def _waits(self, call: _Call) -> bool:
-        """Whether the call is a sibling's while a call of its recording runs."""
-        return call.siblings is not None and call.siblings in self._running
 
     def _first_ready(self) -> _Call | None:
         """The oldest pending call that may run now: any but a sibling's beam search, which
@@ -297,8 +275,6 @@ class BatchingWhisper:
         quiet = now - self._quiet_since if not self.stats.busy else 0.0
         for call in self._pending:
             group = call.siblings
-            if self._waits(call):
-                continue
             if call.key[0] != "generate" or group is None or call.released:
                 return call
             round_ = [c for c in self._pending if c.siblings is group and c.key[0] == "generate"]
@@ -362,10 +338,6 @@ class BatchingWhisper:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-
-
-def _groups(batch: list[_Call]) -> set[SiblingGroup]:
-    return {c.siblings for c in batch if c.siblings is not None}
 
 
 def _stacked(rows: list[np.ndarray]) -> Any:
