@@ -29,7 +29,7 @@ from harken.api.chunking import parse_chunking_strategy
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.longform import _shifted, parallel_pieces
-from harken.engine.segmentation import Piece, plan_pieces
+from harken.engine.segmentation import Piece, SpeechDetector, SpeechProbabilities, plan_pieces
 from harken.engine.types import Segment, Word
 from harken.errors import InvalidRequest
 from tests.conftest import Clip, normalize_text
@@ -166,6 +166,25 @@ def test_pieces_are_cut_in_pauses_and_cover_all_speech(recording: Recording):
     read = sum(piece.seconds for piece in pieces)
     assert read < 0.8 * recording.duration, read
     assert read / len(pieces) > 20.0, [piece.seconds for piece in pieces]
+
+
+def test_speech_probabilities_do_not_depend_on_where_blocks_end(recording: Recording):
+    """The VAD reads a file in blocks (a short first one, for an early first piece) and a live
+    stream in whatever the client sends: the state carried across makes the cut invisible."""
+    samples = recording.samples[: 75 * SAMPLE_RATE]
+    blocks = np.concatenate(list(SpeechDetector().probabilities(samples)))
+    stream = SpeechProbabilities()
+    sizes = itertools.cycle((1000, 16_000, 333, 48_000))
+    fed, begin = [], 0
+    while begin < samples.shape[0]:
+        size = next(sizes)
+        fed.append(stream.feed(samples[begin : begin + size]))
+        begin += size
+    fed.append(stream.flush())
+    odd = np.concatenate(fed)
+    assert blocks.shape == odd.shape == (-(-samples.shape[0] // SpeechProbabilities.WINDOW),)
+    np.testing.assert_allclose(blocks, odd, atol=1e-4)
+    assert 0.2 < (blocks > 0.5).mean() < 0.95  # speech and pauses both there
 
 
 def test_times_map_back_through_the_parts_a_piece_read():
