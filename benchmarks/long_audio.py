@@ -8,6 +8,9 @@ Recordings, made in a temporary folder from the speech set:
   each levelled to -23 dB, in three shuffled orders, 0.5-2 s apart, as Opus at 32 kbps
   (speakers taking turns, where Whisper reading a window of several speakers loses a turn).
 - `--levels`: twelve clips 1 s apart, every second one 25 dB quieter (FLAC).
+- `--phone`: the same clips as `--turns` in two shuffled orders over a telephone line
+  (300-3400 Hz, hiss under everything), 0.3-1.2 s apart, as MP3 at 24 kbps: speech to which
+  Silero VAD gives low probabilities.
 
 Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
@@ -22,7 +25,7 @@ Each is transcribed three ways, each in a fresh process so that peak memory is i
 Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
-        [--turns] [--levels] [--harken-only] [--no-vad-row] [--keep DIR]
+        [--turns] [--levels] [--phone] [--harken-only] [--no-vad-row] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -255,6 +258,20 @@ def make_levels(folder: Path) -> tuple[Path, str, float]:
     return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
 
 
+def make_phone(folder: Path) -> tuple[Path, str, float]:
+    """The English clips but the sonnets in two shuffled orders over a telephone line
+    (300-3400 Hz, hiss under everything), 0.3-1.2 s apart, as MP3 24 kbps."""
+    from tests.test_hard_audio import build
+
+    english = [c for c in shared_clips().values()
+               if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
+    rng = np.random.default_rng(22)
+    order = [english[i] for _ in range(2) for i in rng.permutation(len(english))]
+    pauses = rng.uniform(0.3, 1.2, len(order)).tolist()
+    built = build(folder / "phone.mp3", order, pauses, phone=True)
+    return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
+
+
 def recording_seconds(path: Path) -> float:
     from harken.audio import decode_pcm16
 
@@ -267,6 +284,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="*", default=[10.0, 60.0])
     parser.add_argument("--turns", action="store_true", help="the short-pause, many-speaker file")
     parser.add_argument("--levels", action="store_true", help="the level-change file")
+    parser.add_argument("--phone", action="store_true", help="the telephone-band file")
     parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
     parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
     parser.add_argument(
@@ -294,6 +312,8 @@ def main() -> None:
         recordings.append(("turns", *make_turns(folder)))
     if args.levels:
         recordings.append(("levels", *make_levels(folder)))
+    if args.phone:
+        recordings.append(("phone", *make_phone(folder)))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"

@@ -420,12 +420,12 @@ def test_chunking_strategy_values():
     assert parse_chunking_strategy("auto", default) == SegmentationOptions()
     assert parse_chunking_strategy('"auto"', default).enabled
     vad = parse_chunking_strategy(
-        {"type": "server_vad", "threshold": 0.3, "prefix_padding_ms": 100,
+        {"type": "server_vad", "threshold": 0.6, "prefix_padding_ms": 100,
          "silence_duration_ms": 800},
         default,
     )  # fmt: skip
     assert (vad.enabled, vad.threshold, vad.speech_pad_ms, vad.min_silence_ms) == (
-        True, 0.3, 100, 800,
+        True, 0.6, 100, 800,
     )  # fmt: skip
     assert parse_chunking_strategy('{"type": "server_vad"}', default).enabled
     for bad in ("sometimes", "{", {"type": "fixed"}, {"type": "server_vad", "threshold": 2},

@@ -130,7 +130,7 @@ class Settings(BaseSettings):
 
     # --- long audio: cut at pauses found by Silero VAD (requests may override: chunking_strategy)
     vad_enabled: bool = True
-    vad_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    vad_threshold: float = Field(default=0.3, ge=0.0, le=1.0)
     vad_min_silence_ms: int = Field(default=500, ge=0)
     vad_speech_pad_ms: int = Field(default=200, ge=0)
     vad_max_piece_seconds: float = Field(default=120.0, ge=5.0, le=600.0)
