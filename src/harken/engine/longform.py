@@ -30,8 +30,8 @@ after one stretch of speech; the others keep the same order in the stream. The p
 head of the line is streamed as it is read, in step with the others: when it read at its own
 pace, its beam searches ran beside the others' batch on the same cores, and the batch was
 often left to the wait's end, split (11 minutes of turns: 12 of 30 windows searched alone;
-in step, 3). With that and the OpenMP spin (`engine.runtime`), the README's run measured 0.56x
-on the hour and 0.74-0.81x on the turns (its "Long recordings").
+in step, 3). With that and the OpenMP spin (`engine.runtime`), the README's runs measured
+0.56-0.69x on the hour and 0.74-0.93x on the turns (its "Long recordings").
 """
 
 from __future__ import annotations
