@@ -95,3 +95,17 @@ def test_operator_model_directory_serves_requests(harken_home: Path, speech) -> 
         }
         reply = httpx.post(f"{running.url}/v1/chat/completions", json=body, timeout=600).json()
         assert "forward" in reply["choices"][0]["message"]["content"].lower()
+
+
+def test_server_defaults_cut_audio_as_the_engine_defaults_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The VAD defaults are stated twice (HARKEN_VAD_* and the engine's SegmentationOptions,
+    which `transcribe_long` falls back to when a caller gives none): they must not drift."""
+    from harken.engine import SegmentationOptions
+    from harken.service.loading import segmentation_from_settings
+
+    for name in ("VAD_ENABLED", "VAD_THRESHOLD", "VAD_MIN_SILENCE_MS", "VAD_SPEECH_PAD_MS",
+                 "VAD_MAX_PIECE_SECONDS", "LEVEL_SPEECH"):  # fmt: skip
+        monkeypatch.delenv(f"HARKEN_{name}", raising=False)
+    assert segmentation_from_settings(Settings()) == SegmentationOptions()
