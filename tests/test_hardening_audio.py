@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harken.audio import decode_audio
+from harken.errors import InvalidAudio
 
 # The tiny English model keeps each valid request fast; the fuzz is about the input, not WER.
 MODEL = "whisper-tiny.en"
@@ -412,6 +413,7 @@ def test_wav_headers_that_lie(sender: Sender, samples: np.ndarray):
         "data_0": pcm_wav(second, data_size=0),
         "rate_1hz": pcm_wav(second, rate=1),
         "rate_4ghz": pcm_wav(second, rate=0xFFFFFFFF),
+        "rate_151mhz": pcm_wav(second, rate=150_979_391),  # the resampler's costliest kind
         "rate_0": pcm_wav(second, rate=0),
         "channels_0": pcm_wav(second, channels=0),
         "channels_65535": pcm_wav(second, channels=65535),
@@ -429,6 +431,19 @@ def test_wav_headers_that_lie(sender: Sender, samples: np.ndarray):
         else:  # 1 Hz would be a bomb (hours once resampled); the rest aren't audio at all
             assert all(b["error"]["code"] == "invalid_audio" for b in bodies), (name, bodies)
     CASES["lying_wav"] = len(liars)
+
+
+def test_an_absurd_sample_rate_is_refused_before_resampling(samples: np.ndarray):
+    """FFmpeg's resampler builds its filter bank for the ratio before reading a sample: for a
+    header claiming 150,979,391 Hz that took 4-6 s of CPU and 1.2 GB. It is refused first; the
+    fastest real interfaces (768 kHz) still decode."""
+    started = time.thread_time()
+    with pytest.raises(InvalidAudio) as caught:
+        decode_audio(pcm_wav(samples[:4000], rate=150_979_391))
+    assert time.thread_time() - started < 0.5
+    assert caught.value.status == 400 and "sample rate" in str(caught.value)
+    fast = decode_audio(pcm_wav(samples, rate=767_993))  # as awkward a ratio as is allowed
+    assert abs(fast.shape[0] - samples.shape[0] * 16_000 / 767_993) < 50
 
 
 def test_nan_and_inf_samples(sender: Sender, samples: np.ndarray):
