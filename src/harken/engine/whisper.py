@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,11 @@ _DRAFT_PADDING_SECONDS = 8.0
 # A draft stops after this many tokens a second of its audio (plus as many): Whisper reading
 # 0.6 s of a word can loop ("I'm sorry" fifty times, 200 tokens at 19 ms each).
 _DRAFT_TOKENS_PER_SECOND = 10
+# A last window shorter than this is read once, without fallbacks (`_decode_window_or_tail`).
+_TAIL_SECONDS = 1.0
+_FRAMES_PER_SECOND = 100  # Whisper's mel frames
+# What faster-whisper's per-window decoding returns for a window it should skip as silent.
+_NO_SPEECH = types.SimpleNamespace(no_speech_prob=1.0, sequences_ids=[[]])
 
 
 def pick_device(device: str) -> str:
@@ -106,6 +114,8 @@ class FasterWhisperTranscriber:
         # window (once to detect, once to transcribe); the encoding is reused instead.
         self._encodings = _ReuseLastEncoding(self._model.encode)
         self._model.encode = self._encodings  # type: ignore[method-assign]
+        self._decode_window = self._model.generate_with_fallback
+        self._model.generate_with_fallback = self._decode_window_or_tail  # type: ignore[method-assign]
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self._tokenizer = self._model.hf_tokenizer
         log.info(
@@ -197,6 +207,44 @@ class FasterWhisperTranscriber:
             segments=_convert(segments, on_end=self._encodings.forget),
         )
 
+    def _decode_window_or_tail(
+        self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
+    ) -> Any:
+        """faster-whisper's decoding of one window, but for a short last window.
+
+        Within long audio Whisper often ends a window's text a little before the audio ends
+        (its last segment closed, a breath or a pause left), and faster-whisper reads what is
+        left as a window of its own: under a second of audio, without the speech around it. Its
+        text then often fails the fallback checks, and each fallback samples up to hundreds of
+        tokens of invented text. A window after the first with less than `_TAIL_SECONDS` of
+        audio is therefore read once, at temperature 0: a word that reads cleanly there is kept,
+        and a read that would need a fallback counts as a window without speech. On a German
+        reading cut into pieces (3.8 min, whisper-base) one such tail took five fallbacks,
+        10 s, and wrote "Ich wünsche euch einen schönen Abend."; WER 19.8-24.6% against the raw
+        engine's 15.3%, and 16.4% with this. No English test recording changed.
+        """
+        if not self._encodings.is_tail():
+            return self._decode_window(encoder_output, prompt, tokenizer, options)
+        once = dataclasses.replace(options, temperatures=[0.0])
+        result, logprob, temperature, ratio = self._decode_window(
+            encoder_output, prompt, tokenizer, once
+        )
+        improbable = options.log_prob_threshold is not None and logprob < options.log_prob_threshold
+        failed = improbable or (
+            options.compression_ratio_threshold is not None
+            and ratio > options.compression_ratio_threshold
+        )
+        # faster-whisper's own test for silence (no fallback; the window is then skipped)
+        silent = (
+            improbable
+            and options.no_speech_threshold is not None
+            and result.no_speech_prob > options.no_speech_threshold
+        )
+        if failed and not silent:
+            log.debug("a %.1f s tail window read as no speech", self._encodings.seconds())
+            return _NO_SPEECH, -math.inf, 0.0, 0.0
+        return result, logprob, temperature, ratio
+
     def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """Detect the language on exactly the window faster-whisper transcribes first.
 
@@ -233,20 +281,36 @@ class _ReuseLastEncoding:
         finally:
             self._local.frames = None
 
+    def is_tail(self) -> bool:
+        """Whether this thread's last window holds less than `_TAIL_SECONDS` of audio and is
+        not the first of its transcription."""
+        windows, frames = getattr(self._local, "windows", 0), getattr(self._local, "content", 0)
+        return windows > 1 and frames < _TAIL_SECONDS * _FRAMES_PER_SECOND
+
+    def seconds(self) -> float:
+        """The length of the audio in this thread's last window."""
+        return getattr(self._local, "content", 0) / _FRAMES_PER_SECOND
+
     def __call__(self, features: np.ndarray) -> Any:
+        array = np.asarray(features)
         frames = getattr(self._local, "frames", None)
         if frames is not None:
-            features = np.ascontiguousarray(np.asarray(features)[..., :frames])
+            features = np.ascontiguousarray(array[..., :frames])
         last = getattr(self._local, "last", None)
         if last is not None and np.array_equal(last[0], features):
             self.reused += 1
             return last[1]
+        # The window's audio ends where faster-whisper's zero padding begins.
+        audible = np.flatnonzero(np.any(array.reshape(-1, array.shape[-1]) != 0, axis=0))
+        self._local.content = int(audible[-1]) + 1 if audible.size else 0
+        self._local.windows = getattr(self._local, "windows", 0) + 1
         encoded = self._encode(features)
         self._local.last = (np.array(features, copy=True), encoded)
         return encoded
 
     def forget(self) -> None:
         self._local.last = None
+        self._local.windows = 0
 
 
 def _convert(segments: Iterator, on_end: Callable[[], None]) -> Iterator[Segment]:
