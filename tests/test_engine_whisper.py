@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import types
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from harken.catalog import Catalog
 from harken.config import Settings
 from harken.engine import TranscriptionOptions, batching
 from harken.engine.batching import BatchingWhisper, SiblingGroup
-from harken.engine.whisper import FasterWhisperTranscriber
+from harken.engine.whisper import FasterWhisperTranscriber, _PreviousTextLimit
 
 # English, Mandarin and French, all under 30 s: each is one window.
 CLIPS = ["jfk_inaugural_1961", "aishell1_BAC009S0764W0122", "picovoice_test_fr"]
@@ -137,20 +139,21 @@ def test_two_executors_lose_no_call_when_they_race_for_the_same_work() -> None:
         batcher.close()
 
 
-def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
+def test_siblings_beam_searches_run_as_one_batch_per_prompt_length(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Pieces of one recording: each window's prompt carries a previous text of its own length.
-    # Each round, every sibling still reading goes into one batch (never split by the wait
-    # running out: the waits are made long here), its previous text cut to the shortest; one
-    # that has finished is not waited for.
+    # Pieces of one recording: each round, every sibling still reading is waited for (never
+    # split by the wait running out: the waits are made long here), then those whose prompts
+    # have one length run as one batch, the others in a batch of their own; no prompt is
+    # changed, and one that has finished is not waited for.
     monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
     monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
-    seen: list[list[int]] = []  # the prompt lengths of each generate call, as the model got them
+    seen: dict[int, list[int]] = {}  # prompt length → the size of each batch, in turn
 
     class Recorder(_Doubler):
         def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
-            seen.append([len(prompt) for prompt in prompts])
+            (length,) = {len(prompt) for prompt in prompts}
+            seen.setdefault(length, []).append(len(prompts))
             return super().generate(features, prompts, **options)
 
     batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, executors=2)
@@ -161,13 +164,12 @@ def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
     def sibling(worker: int) -> None:
         with group.member():
             joined.wait()
-            for window in range(windows[worker]):
+            for _ in range(windows[worker]):
                 features = np.full((1, 4, 6), worker, dtype=np.float32)
                 batcher.encode(features)
-                previous = [100 + worker] * (5 * worker + window + 1)
-                (got,) = batcher.generate(features, [[0, *previous, 1, 2]])
-                assert got[0] == 0 and got[-2:] == [1, 2], got  # <|startofprev|> ... <|sot|> ...
-                assert set(got[1:-2]) == {100 + worker}, "another sibling's text in the prompt"
+                previous = [100 + worker] * (5 if worker < 3 else 7)
+                prompt = [0, *previous, 1, 2]  # <|startofprev|> ... <|sot|> ...
+                assert batcher.generate(features, [prompt]) == [prompt]
 
     try:
         with ThreadPoolExecutor(len(windows)) as pool:
@@ -175,10 +177,34 @@ def test_siblings_beam_searches_run_as_one_batch_with_one_prompt_length(
                 future.result(timeout=30)
     finally:
         batcher.close()
-    assert [len(call) for call in seen] == [4, 4, 4, 3, 2, 1], seen
-    assert all(len(set(call)) == 1 for call in seen), f"prompts of two lengths: {seen}"
-    # The shortest previous text sets the length: sibling 0's, one more token each window.
-    assert [call[0] for call in seen[:3]] == [4, 5, 6], seen
+    assert seen == {8: [3, 3, 3, 2, 1], 10: [1] * 6}, seen
+
+
+def test_pieces_read_side_by_side_keep_the_callers_prompt_and_the_last_of_their_text() -> None:
+    # What the first window carried before its text (the caller's prompt, hotwords) stays;
+    # the earlier windows' text is cut to its last tokens, so every such prompt has one length.
+    limit = _PreviousTextLimit()
+    tokenizer = types.SimpleNamespace(sot=1)
+    prev, sot = 0, [1, 2]
+    windows = [
+        [prev, 7, 7, *sot],  # the first window: the caller's prompt only
+        [prev, 7, 7, 5, 6, *sot],  # its text is short: kept whole
+        [prev, 7, 7, 5, 6, 8, 9, 10, *sot],
+        [*sot],  # after a fallback at a high temperature: no previous text at all
+    ]
+
+    def steps() -> Iterator[list[int]]:
+        for prompt in windows:
+            yield limit.cut(prompt, tokenizer)
+
+    assert list(limit.applied(steps(), 3)) == [
+        [prev, 7, 7, *sot],
+        [prev, 7, 7, 5, 6, *sot],
+        [prev, 7, 7, 8, 9, 10, *sot],
+        [*sot],
+    ]
+    # Outside a transcription that asked for it, prompts are Whisper's own.
+    assert limit.cut(windows[2], tokenizer) == windows[2]
 
 
 def test_a_sibling_is_waited_for_while_the_model_works_and_not_once_it_is_idle(

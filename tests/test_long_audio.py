@@ -15,6 +15,7 @@ import io
 import itertools
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import pytest
 
 from harken.api.chunking import parse_chunking_strategy
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
-from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
+from harken.engine import SegmentationOptions, TranscriptionOptions, batching, transcribe_long
 from harken.engine.longform import _shifted, parallel_pieces
 from harken.engine.segmentation import Piece, SpeechDetector, SpeechProbabilities, plan_pieces
 from harken.engine.types import Segment, Word
@@ -279,6 +280,48 @@ def test_long_run_is_as_accurate_as_the_clips_one_by_one(
     for placed, text, single in zip(recording.placed, joined, alone, strict=True):
         n, m = len(normalize_text(text).split()), len(normalize_text(single).split())
         assert abs(n - m) <= max(2, 0.1 * m), (placed.clip.id, text, single)
+
+
+def test_the_text_does_not_depend_on_which_pieces_meet_in_a_batch(
+    server: Any, recording: Recording, monkeypatch: pytest.MonkeyPatch
+):
+    """Pieces read side by side batch their beam searches when they meet, and which meet
+    depends on the machine's load; what the model is asked, and so the text, must not. Five
+    minutes of the recording, read once with the pieces in step and once with nobody waiting
+    for anybody (at temperature 0: a fallback's sampling would differ anyway)."""
+    batcher = server.service._models[MODEL].transcriber.batcher
+    audio = recording.samples[: 300 * SAMPLE_RATE]
+    options = TranscriptionOptions(language="en", temperature=0.0)
+    prompts: list[tuple[int, ...]] = []  # as the CTranslate2 model gets them
+
+    class Recorder:
+        def __init__(self, model: Any) -> None:
+            self.model = model
+
+        def generate(self, features: Any, batch: list[list[int]], **options: Any) -> Any:
+            prompts.extend(tuple(prompt) for prompt in batch)
+            return self.model.generate(features, batch, **options)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.model, name)
+
+    monkeypatch.setattr(batcher, "_model", Recorder(batcher._model))
+
+    def read() -> tuple[list[str], Counter[tuple[int, ...]], int]:
+        prompts.clear()
+        before = Counter(batcher.stats.batches)
+        model = server.service._models[MODEL].transcriber
+        texts = [segment.text for segment in transcribe_long(model, audio, options).segments]
+        batched = Counter(batcher.stats.batches) - before
+        met = sum(n for (kind, size), n in batched.items() if kind == "generate" and size > 1)
+        return texts, Counter(prompts), met
+
+    in_step, asked_in_step, met_in_step = read()
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 0.0)
+    apart, asked_apart, met_apart = read()
+    assert met_in_step > met_apart, (met_in_step, met_apart)
+    assert asked_apart == asked_in_step
+    assert apart == in_step
 
 
 def test_each_clip_is_found_where_it_sits(long_run: tuple[Any, float, int], recording: Recording):

@@ -25,11 +25,12 @@ limit) the position of <|startoftranscript|> in the prompt.
 Calls that differ run in separate batches, oldest first.
 
 Pieces of one long recording read side by side (`SiblingGroup`) are held to one pace instead:
-a sibling's beam search waits until every sibling still reading has one waiting, and they run
-as one batch, each previous text cut to the shortest among them (the same
-<|startoftranscript|> position). Left alone, their windows almost never meet (each carries
-previous text of its own length) and two beam searches run at once on the same cores; at the
-same pace, eight of them cost little more than two. A sibling that is not back is waited for
+a sibling's beam search waits until every sibling still reading has one waiting, and those
+whose <|startoftranscript|> sits at the same position run as one batch. The pieces' previous
+texts are cut to one length for that (`TranscriptionOptions.previous_text_tokens`: the cut does
+not depend on which siblings meet, so neither does the text). Left alone, their windows almost
+never meet and two beam searches run at once on the same cores; at the same pace, eight of them
+cost little more than two. A sibling that is not back is waited for
 while the model is busy (its encoder pass or word alignment may be queued behind the others':
 a round of eight encoder passes takes seconds), but not once the model has had nothing to do
 for `SIBLING_IDLE_SECONDS` (it is busy elsewhere, and the others need not wait for it), nor
@@ -190,8 +191,7 @@ class BatchingWhisper:
         prompt = list(prompts[0])
         sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
         siblings = getattr(_local, "siblings", None)
-        # A sibling's batches with its siblings' only, previous texts cut to one length there.
-        position = ("siblings", id(siblings), sot > 0) if siblings is not None else sot
+        position = ("siblings", id(siblings), sot) if siblings is not None else sot
         array = np.asarray(features, dtype=np.float32)
         key = ("generate", position, _freeze(options), array.shape[1])
         return [self._submit(key, (array[0], prompt), siblings)]
@@ -329,7 +329,7 @@ class BatchingWhisper:
         self, frozen: tuple[tuple[str, Any], ...], items: list[tuple[np.ndarray, list[int]]]
     ) -> list[Any]:
         features = _stacked([encoded for encoded, _ in items])
-        prompts = _same_start([prompt for _, prompt in items], self.sot_token)
+        prompts = [prompt for _, prompt in items]
         options = {name: list(value) if isinstance(value, tuple) else value
                    for name, value in frozen}  # fmt: skip
         return self._model.generate(features, prompts, **options)
@@ -344,19 +344,6 @@ def _stacked(rows: list[np.ndarray]) -> Any:
     import ctranslate2
 
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.stack(rows)))
-
-
-def _same_start(prompts: list[list[int]], sot_token: int) -> list[list[int]]:
-    """The prompts with <|startoftranscript|> at one position: each previous text (after the
-    leading <|startofprev|>) cut to its most recent tokens, as many as the shortest has."""
-    starts = [prompt.index(sot_token) for prompt in prompts]
-    if len(set(starts)) == 1:
-        return prompts
-    keep = min(starts) - 1  # previous-text tokens the shortest has (the batch key keeps it ≥ 0)
-    return [
-        prompt[:1] + prompt[start - keep : start] + prompt[start:]
-        for prompt, start in zip(prompts, starts, strict=True)
-    ]
 
 
 def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
