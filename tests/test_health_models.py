@@ -42,3 +42,29 @@ def test_unknown_route_gets_the_error_body(server, assert_error):
 def test_openai_sdk_lists_models(openai_client):
     ids = [m.id for m in openai_client.models.list()]
     assert "mimo-v2.5-asr" in ids
+
+
+def test_a_server_is_ready_only_once_its_models_are_warm(harken_home):
+    """Loading ends with a second of silence read on every worker, so that the first request
+    does not pay the runtime's first-call costs; a model loaded later, on a request, is not
+    warmed (that request is the first call anyway)."""
+    import asyncio
+
+    from harken.config import Settings
+    from harken.service.transcription import TranscriptionService
+
+    settings = Settings(
+        home=harken_home, default_model="whisper-tiny.en", preload=[], workers=2, batch_size=8
+    )
+    service = TranscriptionService(settings)
+
+    async def start() -> None:
+        await service.preload()
+        assert service.ready.is_set()
+        await service.model("whisper-base")
+        await service.shutdown(1)
+
+    asyncio.run(start())
+    transcribers = service.transcribers()
+    assert transcribers["whisper-tiny.en"].batcher.stats.windows == 2
+    assert transcribers["whisper-base"].batcher.stats.windows == 0

@@ -7,7 +7,12 @@ those (`harken.service.loading`).
 from __future__ import annotations
 
 from harken.engine.longform import transcribe_long
-from harken.engine.segmentation import SAMPLE_RATE, Piece, SegmentationOptions
+from harken.engine.segmentation import (
+    SAMPLE_RATE,
+    Piece,
+    SegmentationOptions,
+    load_speech_model,
+)
 from harken.engine.types import (
     Segment,
     Transcriber,
@@ -27,5 +32,6 @@ __all__ = [
     "TranscriptionInfo",
     "TranscriptionOptions",
     "Word",
+    "load_speech_model",
     "transcribe_long",
 ]

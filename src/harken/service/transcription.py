@@ -28,6 +28,7 @@ from harken.engine import (
     Transcriber,
     TranscriptionInfo,
     TranscriptionOptions,
+    load_speech_model,
     transcribe_long,
 )
 from harken.errors import InvalidRequest, Overloaded, ShuttingDown, UnsupportedLanguage
@@ -86,11 +87,19 @@ class TranscriptionService:
 
     # --- lifecycle
     async def preload(self) -> None:
-        """Load the configured models; `ready` is set once the default one is loaded."""
+        """Load the configured models (and the VAD of long recordings and live sessions) and
+        warm them up, so that the first request is as fast as the next; `ready` is set once
+        all are, and never if the default model fails."""
+        await asyncio.to_thread(load_speech_model)
         names = [self.settings.default_model, *self.settings.preload]
         for name in dict.fromkeys(names):
             try:
-                await self.model(name)
+                loaded = await self.model(name)
+                warm_up = getattr(loaded.transcriber, "warm_up", None)  # a hosted one has none
+                if warm_up is not None:
+                    started = time.monotonic()
+                    await asyncio.to_thread(warm_up)
+                    log.info("warmed up %s in %.2f s", name, time.monotonic() - started)
             except Exception as exc:
                 log.exception("could not load model %s", name)
                 if name == self.settings.default_model:
