@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,10 +21,20 @@ def two_node_serve() -> Iterator[str]:
     """Two nodes of one CPU each; Serve's proxy on a free loopback port. Yields its URL, and
     leaves no Ray process or temporary folder behind."""
     temp = tempfile.mkdtemp(prefix="harken-ray-")  # Ray's sockets and logs, removed after
-    nodes = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False},
-    )
+    # The cluster also writes its address into the default temporary folder (`$RAY_TMPDIR/ray`,
+    # whatever `temp_dir` says), and fails where that folder does not exist (a fresh machine).
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp
+    os.makedirs(os.path.join(temp, "ray"))
+    try:
+        nodes = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 1, "temp_dir": temp, "include_dashboard": False},
+        )
+    except BaseException:
+        _restore(previous)
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     try:
         nodes.add_node(num_cpus=1)
         ray.init(address=nodes.address, logging_level="warning")
@@ -39,4 +50,12 @@ def two_node_serve() -> Iterator[str]:
             serve.shutdown()
         ray.shutdown()
         nodes.shutdown()
+        _restore(previous)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _restore(ray_tmpdir: str | None) -> None:
+    if ray_tmpdir is None:
+        os.environ.pop("RAY_TMPDIR", None)
+    else:
+        os.environ["RAY_TMPDIR"] = ray_tmpdir
