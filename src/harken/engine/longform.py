@@ -40,6 +40,7 @@ import bisect
 import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
 import queue
 import re
@@ -64,6 +65,7 @@ from harken.engine.types import (
     Transcription,
     TranscriptionInfo,
     TranscriptionOptions,
+    Word,
 )
 
 log = logging.getLogger(__name__)
@@ -182,9 +184,9 @@ class _PieceReader:
             for segment in segments:
                 if speech and _over_silence(segment, speech):
                     continue
-                if not words:
-                    segment = dataclasses.replace(segment, words=None)
-                yield _shifted(segment, piece, segment.id)
+                shifted = _shifted(segment, piece, segment.id)
+                for part in _split_at_cuts(shifted, piece, self.transcriber.count_tokens):
+                    yield part if words else dataclasses.replace(part, words=None)
 
         if not speech:
             return result.info, final(result.segments)
@@ -421,6 +423,47 @@ def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:
         end=end,
         words=words,
     )
+
+
+def _split_at_cuts(
+    segment: Segment, piece: Piece, count_tokens: Callable[[str], int]
+) -> Iterator[Segment]:
+    """The segment, split where the piece left most of a long pause out between two of its
+    words. Whisper mostly ends a segment there by itself, but not always (tiny.en wrote a few
+    cards read 5-25 s apart as one segment of 65 s), and a subtitle then stays up through the
+    silence. Each part keeps its own words, their text and their tokens."""
+    words = segment.words
+    if not words or len(piece.read) == 1:
+        yield segment
+        return
+    cuts = [(end / SAMPLE_RATE, start / SAMPLE_RATE)
+            for (_, end), (start, _) in itertools.pairwise(piece.read)]  # fmt: skip
+    groups: list[list[Word]] = [[words[0]]]
+    for before, word in itertools.pairwise(words):
+        if any(before.end <= cut_start and word.start >= cut_end for cut_start, cut_end in cuts):
+            groups.append([])
+        groups[-1].append(word)
+    if len(groups) == 1:
+        yield segment
+        return
+    texts = ["".join(w.word for w in group) for group in groups]
+    counts = [count_tokens(text) for text in texts]
+    # Whisper's tokens are the text's between a start and an end timestamp: what is not text
+    # goes half to the first part, half to the last.
+    extra = max(0, len(segment.tokens) - sum(counts))
+    counts[0] += extra // 2
+    counts[-1] = len(segment.tokens)  # the rest
+    tokens = segment.tokens
+    for index, (group, text) in enumerate(zip(groups, texts, strict=True)):
+        yield dataclasses.replace(
+            segment,
+            start=segment.start if index == 0 else group[0].start,
+            end=segment.end if index == len(groups) - 1 else group[-1].end,
+            text=text,
+            tokens=tokens[: counts[index]],
+            words=tuple(group),
+        )
+        tokens = tokens[counts[index] :]
 
 
 class _PieceClock:
