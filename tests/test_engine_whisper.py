@@ -9,8 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from harken.catalog import Catalog
 from harken.config import Settings
 from harken.engine import TranscriptionOptions, batching
 from harken.engine.batching import BatchingWhisper, SiblingGroup
-from harken.engine.whisper import FasterWhisperTranscriber, _PreviousTextLimit
+from harken.engine.whisper import FasterWhisperTranscriber
 
 # English, Mandarin and French, all under 30 s: each is one window.
 CLIPS = ["jfk_inaugural_1961", "aishell1_BAC009S0764W0122", "picovoice_test_fr"]
@@ -178,33 +176,6 @@ def test_siblings_beam_searches_run_as_one_batch_per_prompt_length(
     finally:
         batcher.close()
     assert seen == {8: [3, 3, 3, 2, 1], 10: [1] * 6}, seen
-
-
-def test_pieces_read_side_by_side_keep_the_callers_prompt_and_the_last_of_their_text() -> None:
-    # What the first window carried before its text (the caller's prompt, hotwords) stays;
-    # the earlier windows' text is cut to its last tokens, so every such prompt has one length.
-    limit = _PreviousTextLimit()
-    tokenizer = types.SimpleNamespace(sot=1)
-    prev, sot = 0, [1, 2]
-    windows = [
-        [prev, 7, 7, *sot],  # the first window: the caller's prompt only
-        [prev, 7, 7, 5, 6, *sot],  # its text is short: kept whole
-        [prev, 7, 7, 5, 6, 8, 9, 10, *sot],
-        [*sot],  # after a fallback at a high temperature: no previous text at all
-    ]
-
-    def steps() -> Iterator[list[int]]:
-        for prompt in windows:
-            yield limit.cut(prompt, tokenizer)
-
-    assert list(limit.applied(steps(), 3)) == [
-        [prev, 7, 7, *sot],
-        [prev, 7, 7, 5, 6, *sot],
-        [prev, 7, 7, 8, 9, 10, *sot],
-        [*sot],
-    ]
-    # Outside a transcription that asked for it, prompts are Whisper's own.
-    assert limit.cut(windows[2], tokenizer) == windows[2]
 
 
 def test_a_sibling_is_waited_for_while_the_model_works_and_not_once_it_is_idle(

@@ -20,18 +20,18 @@ What reading a piece involves, and why:
 Pieces are independent of each other (each is decoded with only the caller's prompt: the previous
 pieces' text as prompt measured worse), so several pieces of one recording are read at once
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
-siblings (`batching.SiblingGroup`): their beam searches run as one batch, each previous text cut to
-its last `_PREVIOUS_TOKENS` tokens (one prompt length, whoever meets in a batch). On a 2-core CPU
-the raw engine keeps both cores busy, and its cost is the beam search, token by token; eight
-windows' beam searches in one batch cost 0.62 s a window against 1.0 s alone (whisper-base). That
-took harken from 0.76x the raw engine's time to 0.62x on an hour of speech (rounds of eight pieces),
-from 0.94x to 0.90x on 11 minutes of turns (six pieces). The first piece is read alone, so that the
-first text (and the language) comes after one stretch of speech; the others keep the same order in
-the stream. The piece at the head of the line is streamed as it is read, in step with the others:
-when it read at its own pace, its beam searches ran beside the others' batch on the same cores, and
-the batch was often left to the wait's end, split (11 minutes of turns: 12 of 30 windows searched
-alone; in step, 3). With that and the OpenMP spin (`engine.runtime`), the README's runs measured
-0.56-0.69x on the hour and 0.74-0.93x on the turns (its "Long recordings").
+siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
+as one batch, and no prompt is cut for it (see `batching`: the text is the same whoever meets). On a
+2-core CPU the raw engine keeps both cores busy, and its cost is the beam search, token by token;
+eight windows' beam searches in one batch cost 0.62 s a window against 1.0 s alone (whisper-base).
+That took harken from 0.76x the raw engine's time to 0.62x on an hour of speech (rounds of eight
+pieces), from 0.94x to 0.90x on 11 minutes of turns (six pieces). The first piece is read alone, so
+that the first text (and the language) comes after one stretch of speech; the others keep the same
+order in the stream. The piece at the head of the line is streamed as it is read, in step with the
+others: when it read at its own pace, its beam searches ran beside the others' batch on the same
+cores, and the batch was often left to the wait's end, split (11 minutes of turns: 12 of 30 windows
+searched alone; in step, 3). With that and the OpenMP spin (`engine.runtime`), the README's runs
+measured 0.56-0.69x on the hour and 0.74-0.93x on the turns (its "Long recordings").
 """
 
 from __future__ import annotations
@@ -76,15 +76,6 @@ _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
 _MAX_PARALLEL = 8  # pieces of one recording read at once
-# Pieces read side by side carry this many tokens of their previous windows' text (about 25
-# words). Before, each batch cut its prompts to the shortest among them, and the text changed
-# with the machine's load (10-minute test recording, tiny.en: WER 3.9% idle, 4.3% beside a busy
-# core). Fixed at 32, whisper-base gave WER 4.6/9.9/0.9/4.1% on the turns, telephone, levels and
-# 10-minute recordings (cut to the shortest: 3.3/10.8/0.9/4.2%; 64 tokens: 3.1/10.4/0.9/5.2%;
-# Whisper's own 223: 3.3/11.0/0.9/4.3%, and slower: fewer prompts of one length to batch). The
-# words that differ are a few either way, in no one direction, and some come from the fallback's
-# sampling at a higher temperature, which differs from run to run (in the raw engine too).
-_PREVIOUS_TOKENS = 32
 
 
 def transcribe_long(
@@ -115,13 +106,8 @@ def transcribe_long(
     reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
     detected, segments = reader.start(first)
     info = dataclasses.replace(detected, duration=duration)
-    parallel = parallel_pieces(transcriber)
-    reader.options = dataclasses.replace(
-        options,
-        language=options.language or info.language,
-        previous_text_tokens=_side_by_side_previous_text(options, parallel),
-    )
-    stream = _in_order(reader, segments, pieces, should_stop, parallel)
+    reader.options = dataclasses.replace(options, language=options.language or info.language)
+    stream = _in_order(reader, segments, pieces, should_stop, parallel_pieces(transcriber))
     script = options.chinese_script or "simplified"
     if converts(info.language, script):
         stream = (convert_segment(segment, script) for segment in stream)
@@ -131,15 +117,6 @@ def transcribe_long(
 def parallel_pieces(transcriber: Transcriber) -> int:
     """How many pieces of one recording are read at once with this model."""
     return max(1, min(_MAX_PARALLEL, getattr(transcriber, "parallel_windows", 1)))
-
-
-def _side_by_side_previous_text(options: TranscriptionOptions, parallel: int) -> int | None:
-    """How much of the previous windows' text each window of a piece carries: all that Whisper
-    takes when pieces are read one at a time, `_PREVIOUS_TOKENS` when they are read side by
-    side (their prompts must have one length to be batched)."""
-    if parallel == 1 or options.previous_text_tokens is not None:
-        return options.previous_text_tokens
-    return _PREVIOUS_TOKENS
 
 
 class _PieceReader:

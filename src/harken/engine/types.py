@@ -56,9 +56,6 @@ class TranscriptionOptions:
     # A quick reading of at most one window, for live partial text that later readings check:
     # the model may trade a little accuracy for speed (see the backend for how).
     draft: bool = False
-    # At most this many tokens of the earlier windows' text go into each window's prompt (after
-    # the caller's prompt and hotwords, which stay); None: Whisper's own, up to 223.
-    previous_text_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,7 +114,6 @@ class FasterWhisperTranscriber:
         # window (once to detect, once to transcribe); the encoding is reused instead.
         self._encodings = _ReuseLastEncoding(self._model.encode)
         self._model.encode = self._encodings  # type: ignore[method-assign]
-        self._previous_text = _PreviousTextLimit()
         self._decode_window = self._model.generate_with_fallback
         self._model.generate_with_fallback = self._decode_window_or_tail  # type: ignore[method-assign]
         self.multilingual: bool = bool(self._model.model.is_multilingual)
@@ -197,8 +196,6 @@ class FasterWhisperTranscriber:
             condition_on_previous_text=True,
             max_new_tokens=max_new_tokens,
         )
-        if options.previous_text_tokens is not None:
-            segments = self._previous_text.applied(segments, options.previous_text_tokens)
         return Transcription(
             info=TranscriptionInfo(
                 language=info.language,
@@ -226,7 +223,6 @@ class FasterWhisperTranscriber:
         10 s, and wrote "Ich wünsche euch einen schönen Abend."; WER 19.8-24.6% against the raw
         engine's 15.3%, and 16.4% with this. No English test recording changed.
         """
-        prompt = self._previous_text.cut(prompt, tokenizer)
         if not self._encodings.is_tail():
             return self._decode_window(encoder_output, prompt, tokenizer, options)
         once = dataclasses.replace(options, temperatures=[0.0])
@@ -315,58 +311,6 @@ class _ReuseLastEncoding:
     def forget(self) -> None:
         self._local.last = None
         self._local.windows = 0
-
-
-class _PreviousTextLimit:
-    """Cuts the previous text in each window's prompt to its last tokens, for transcriptions
-    that ask (`TranscriptionOptions.previous_text_tokens`). Pieces of one recording read side by
-    side need it: CTranslate2 batches prompts of one length only, and without a fixed length
-    their prompts were cut to the shortest among those that met in a batch, which depends on
-    timing (the same recording gave different text on a loaded machine). What the first window
-    carried (the caller's prompt and hotwords) is kept whole.
-
-    Each transcription's limit travels with its segments: whichever thread steps them carries
-    it, thread-locally, during the step (faster-whisper decodes a window inside that step)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def applied(self, segments: Iterator, limit: int) -> Iterator:
-        state = _PromptState(limit)
-        while True:
-            self._local.state = state
-            try:
-                segment = next(segments)
-            except StopIteration:
-                return
-            finally:
-                self._local.state = None
-            yield segment
-
-    def cut(self, prompt: list[int], tokenizer: Any) -> list[int]:
-        state: _PromptState | None = getattr(self._local, "state", None)
-        if state is None:
-            return prompt
-        start = prompt.index(tokenizer.sot)
-        context = prompt[1:start] if start else []  # after <|startofprev|>
-        if state.first is None:
-            state.first = context
-            return prompt
-        kept = 0
-        for ours, first in zip(context, state.first, strict=False):
-            if ours != first:
-                break
-            kept += 1
-        if len(context) - kept <= state.limit:
-            return prompt
-        recent = context[len(context) - state.limit :] if state.limit else []
-        return [prompt[0], *context[:kept], *recent, *prompt[start:]]
-
-
-@dataclasses.dataclass
-class _PromptState:
-    limit: int
-    first: list[int] | None = None  # what the first window's prompt carried before its text
 
 
 def _convert(segments: Iterator, on_end: Callable[[], None]) -> Iterator[Segment]:
