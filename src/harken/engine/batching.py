@@ -32,9 +32,8 @@ previous texts to the shortest among them, as before, made the text depend on wh
 met, and so on the machine's load (the tests' 10-minute recording, tiny.en: WER 3.9% idle,
 4.3% beside a busy core). Cutting every one to its last 32 tokens made it steady but lost words
 on speakers taking turns (whisper-base: WER 4.3-4.6% against 3.1-3.3% with 64 tokens or more,
-the raw engine 4.1%), and with Whisper's own previous texts the pieces were no slower (turns,
-telephone and 10-minute recordings: 74, 48 and 46 s; cut to the shortest, 77, 52 and 51 s;
-in-process, whisper-base, one session). Left alone,
+the raw engine 4.1%). Whisper's own previous texts meet in a batch less often; cutting each to
+its last 128 tokens saved 0-7% of the time (README, "Long recordings"). Left alone,
 siblings' windows almost never meet and two beam searches run at once on the same cores; at the
 same pace, eight of them cost little more than two. A sibling that is not back is waited for
 while the model is busy (its encoder pass or word alignment may be queued behind the others':

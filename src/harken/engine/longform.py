@@ -30,8 +30,9 @@ that the first text (and the language) comes after one stretch of speech; the ot
 order in the stream. The piece at the head of the line is streamed as it is read, in step with the
 others: when it read at its own pace, its beam searches ran beside the others' batch on the same
 cores, and the batch was often left to the wait's end, split (11 minutes of turns: 12 of 30 windows
-searched alone; in step, 3). With that and the OpenMP spin (`engine.runtime`), the README's runs
-measured 0.56-0.69x on the hour and 0.74-0.93x on the turns (its "Long recordings").
+searched alone; in step, 3). With prompts of Whisper's own length (fewer meet in a batch) the
+README's last run measured 0.79x on the hour and 1.03x on the turns ("Long recordings";
+`benchmarks/long_calls.py` shows where the time goes).
 """
 
 from __future__ import annotations
