@@ -382,6 +382,36 @@ def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> N
     assert error.code == "input_audio_buffer_commit_empty" and error.event_id == "evt_commit_2"
 
 
+def test_a_commit_without_speech_gives_an_empty_transcript(live_server: RunningServer) -> None:
+    """Committed audio in which VAD finds no speech (30 s of digital silence, where Whisper
+    writes "You"; white noise) is transcribed as nothing: no delta, an empty transcript."""
+    rng = np.random.default_rng(5)
+    buffers = {
+        "silence": np.zeros(30 * 24_000, np.int16),
+        "noise": rng.normal(0, 3000, 5 * 24_000).clip(-32768, 32767).astype(np.int16),
+    }
+
+    async def run(pcm: bytes) -> list[Any]:
+        events: list[Any] = []
+        async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
+            await c.session.update(session={"type": "transcription", "audio": {"input": {
+                "transcription": {"model": TINY}, "turn_detection": None}}})  # fmt: skip
+            for begin in range(0, len(pcm), 96_000):
+                await c.input_audio_buffer.append(
+                    audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
+                )
+            await c.input_audio_buffer.commit()
+            await asyncio.wait_for(
+                _collect(c, events, "conversation.item.input_audio_transcription.completed"), 60
+            )
+        return events
+
+    for name, samples in buffers.items():
+        events = asyncio.run(run(samples.astype("<i2").tobytes()))
+        assert not [e for e in events if e.type.endswith("transcription.delta")], (name, events)
+        assert events[-1].transcript == "", (name, events[-1])
+
+
 async def _collect(connection: Any, into: list[Any], until: str) -> None:
     async for event in connection:
         into.append(event)
