@@ -31,26 +31,26 @@ import long_audio  # noqa: E402
 
 
 class CallClock:
-    """Times every call the batcher runs, by kind and batch size."""
+    """Seconds the batcher spends in each kind of call (its own stats count the batches)."""
 
     def __init__(self, batcher: Any) -> None:
+        self.batcher = batcher
         self.seconds: Counter[str] = Counter()
-        self.batches: Counter[tuple[str, int]] = Counter()
         run = batcher._run
 
         def timed(batch: list[Any]) -> None:
             started = time.monotonic()
             run(batch)
-            kind = batch[0].key[0]
-            self.seconds[kind] += time.monotonic() - started
-            self.batches[(kind, len(batch))] += 1
+            self.seconds[batch[0].key[0]] += time.monotonic() - started
 
         batcher._run = timed
 
     def take(self) -> tuple[Counter[str], Counter[tuple[str, int]]]:
-        taken = (self.seconds.copy(), self.batches.copy())
+        """The seconds and the batches (kind, size) since the last take."""
+        batches = self.batcher.stats.batches
+        taken = (self.seconds.copy(), batches.copy())
         self.seconds.clear()
-        self.batches.clear()
+        batches.clear()
         return taken
 
 

@@ -352,10 +352,7 @@ def test_manual_commit(live_server: RunningServer, speech: dict[str, Clip]) -> N
             await c.session.update(session={"type": "transcription", "audio": {"input": {
                 "transcription": {"model": TINY}, "turn_detection": None}},
                 "include": ["item.input_audio_transcription.logprobs"]})  # fmt: skip
-            for begin in range(0, len(pcm), 96_000):
-                await c.input_audio_buffer.append(
-                    audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
-                )
+            await append_all(c, pcm)
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(_collect(c, before, "never"), 1.5)
             await c.input_audio_buffer.commit(event_id="evt_commit_1")
@@ -396,10 +393,7 @@ def test_a_commit_without_speech_gives_an_empty_transcript(live_server: RunningS
         async with sdk(live_server).realtime.connect(extra_query={"intent": "transcription"}) as c:
             await c.session.update(session={"type": "transcription", "audio": {"input": {
                 "transcription": {"model": TINY}, "turn_detection": None}}})  # fmt: skip
-            for begin in range(0, len(pcm), 96_000):
-                await c.input_audio_buffer.append(
-                    audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
-                )
+            await append_all(c, pcm)
             await c.input_audio_buffer.commit()
             await asyncio.wait_for(
                 _collect(c, events, "conversation.item.input_audio_transcription.completed"), 60
@@ -410,6 +404,14 @@ def test_a_commit_without_speech_gives_an_empty_transcript(live_server: RunningS
         events = asyncio.run(run(samples.astype("<i2").tobytes()))
         assert not [e for e in events if e.type.endswith("transcription.delta")], (name, events)
         assert events[-1].transcript == "", (name, events[-1])
+
+
+async def append_all(connection: Any, pcm: bytes) -> None:
+    """The whole buffer in `input_audio_buffer.append` events of 2 s (at 24 kHz), at once."""
+    for begin in range(0, len(pcm), 96_000):
+        await connection.input_audio_buffer.append(
+            audio=base64.b64encode(pcm[begin : begin + 96_000]).decode()
+        )
 
 
 async def _collect(connection: Any, into: list[Any], until: str) -> None:

@@ -21,18 +21,18 @@ Pieces are independent of each other (each is decoded with only the caller's pro
 pieces' text as prompt measured worse), so several pieces of one recording are read at once
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
-as one batch, and no prompt is cut for it (see `batching`: the text is the same whoever meets). On a
-2-core CPU the raw engine keeps both cores busy, and its cost is the beam search, token by token;
+as one batch, and no prompt is cut for it (see `batching`: the text is the same whoever meets). On
+a 2-core CPU the raw engine keeps both cores busy, and its cost is the beam search, token by token;
 eight windows' beam searches in one batch cost 0.62 s a window against 1.0 s alone (whisper-base).
-That took harken from 0.76x the raw engine's time to 0.62x on an hour of speech (rounds of eight
-pieces), from 0.94x to 0.90x on 11 minutes of turns (six pieces). The first piece is read alone, so
-that the first text (and the language) comes after one stretch of speech; the others keep the same
-order in the stream. The piece at the head of the line is streamed as it is read, in step with the
-others: when it read at its own pace, its beam searches ran beside the others' batch on the same
-cores, and the batch was often left to the wait's end, split (11 minutes of turns: 12 of 30 windows
-searched alone; in step, 3). With prompts of Whisper's own length (fewer meet in a batch) the
-README's last run measured 0.79x on the hour and 1.03x on the turns ("Long recordings";
-`benchmarks/long_calls.py` shows where the time goes).
+With prompts then cut to meet in every batch, that took harken from 0.76x the raw engine's time to
+0.62x on an hour of speech (rounds of eight pieces), from 0.94x to 0.90x on 11 minutes of turns.
+The first piece is read alone, so that the first text (and the language) comes after one stretch of
+speech; the others keep the same order in the stream. The piece at the head of the line is streamed
+as it is read, in step with the others: when it read at its own pace, its beam searches ran beside
+the others' batch on the same cores, and the batch was often left to the wait's end, split (11
+minutes of turns: 12 of 30 windows searched alone; in step, 3). With prompts of Whisper's own
+length (fewer meet in a batch) the README's last run measured 0.79x on the hour and 1.03x on the
+turns ("Long recordings"; `benchmarks/long_calls.py` shows where the time goes).
 """
 
 from __future__ import annotations
