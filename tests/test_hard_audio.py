@@ -24,7 +24,7 @@ from harken import evaluation
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.leveling import level_speech, speech_level_db
-from harken.engine.longform import _unheard, _without_loops
+from harken.engine.longform import _made_up, _unheard, _without_loops
 from harken.engine.script import convert_segment
 from harken.engine.segmentation import plan_pieces
 from harken.engine.types import Segment, Word
@@ -285,6 +285,23 @@ def test_speech_no_segment_covers_is_found() -> None:
     words = (Word(7.5, 8.0, " two", 0.9), Word(8.1, 11.8, " three", 0.9))
     spanning = segment(0.0, 11.8, " one two three", words=(Word(0.1, 4.9, " one", 0.9), *words))
     assert _unheard(speech, [spanning], 30.0) == [(6.0, 7.2)]
+
+
+def test_text_the_model_made_up_is_dropped() -> None:
+    speech = ((0, 5 * SAMPLE_RATE),)
+    # Over no speech, in a window the model doubted held any: made up. Over speech: kept.
+    assert _made_up(segment(6.0, 8.0, " You", no_speech_prob=0.9), speech)
+    assert not _made_up(segment(1.0, 3.0, " You", no_speech_prob=0.9), speech)
+    # Whisper repeating its prompt over the last 0.38 s of a piece (seen on a recording built
+    # apart from the tests): 14 words faster than anyone speaks.
+    repeated = " Thou art now the world's fresh ornament, and tender churl makes waste in"
+    assert _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.92), speech)
+    assert _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.92), ())  # VAD not asked
+    # The same words at a pace people speak, or where the model heard speech: kept.
+    assert not _made_up(segment(0.0, 4.9, repeated, no_speech_prob=0.92), speech)
+    assert not _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.1), speech)
+    # A word or two said quickly is not a passage.
+    assert not _made_up(segment(4.6, 4.72, " Five.", no_speech_prob=0.9), speech)
 
 
 def test_a_passage_written_twice_is_written_once() -> None:

@@ -14,8 +14,13 @@ What reading a piece involves, and why:
   done, and moves on a whole window); on held-out recordings that lost whole clips. Any
   stretch of speech of `_UNHEARD_SECONDS` or more that no segment covers is read again on its
   own, and its text put in its place.
-- A segment over no speech at all with a high no-speech probability is dropped, and so is a
-  segment that only repeats one just before it in the same stretch of audio (a decoding loop).
+- Text Whisper wrote without hearing it is dropped: a segment in a window the model itself
+  doubted held speech (a high no-speech probability) that lies over no speech at all, or whose
+  words come faster than anyone speaks. The second is Whisper repeating its prompt over the
+  last fraction of a second of a piece (a recording built apart from the tests: two lines of a
+  sonnet read a minute earlier, 14 words in 0.38 s; the fastest real segments of seven
+  recordings came to 5.6 words a second). So is a segment that only repeats one just before
+  it in the same stretch of audio (a decoding loop).
 
 Pieces are independent of each other (each is decoded with only the caller's prompt: the previous
 pieces' text as prompt measured worse), so several pieces of one recording are read at once
@@ -74,7 +79,8 @@ log = logging.getLogger(__name__)
 _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read again
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
-_NO_SPEECH = 0.6  # a segment over no speech with this no-speech probability is dropped
+_NO_SPEECH = 0.6  # a doubtful segment (see `_made_up`) with this no-speech probability is dropped
+_FASTEST_WORDS_PER_SECOND = 10.0  # nobody says several words faster than this
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
 _MAX_PARALLEL = 8  # pieces of one recording read at once
 
@@ -160,15 +166,15 @@ class _PieceReader:
 
         def final(segments: Iterator[Segment]) -> Iterator[Segment]:
             for segment in segments:
-                if speech and _over_silence(segment, speech):
-                    continue
                 shifted = _shifted(segment, piece, segment.id)
                 for part in _split_at_cuts(shifted, piece, self.transcriber.count_tokens):
                     yield part if words else dataclasses.replace(part, words=None)
 
+        # Made-up text goes before the coverage check: it must not pass for the speech it hides.
+        heard = (s for s in result.segments if not _made_up(s, speech))
         if not speech:
-            return result.info, final(result.segments)
-        return result.info, final(self._with_unheard(samples, speech, result.segments, options))
+            return result.info, final(heard)
+        return result.info, final(self._with_unheard(samples, speech, heard, options))
 
     def _with_unheard(
         self,
@@ -209,7 +215,8 @@ class _PieceReader:
             log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out",
                      start, end)  # fmt: skip
             result = self.transcriber.transcribe(samples[begin:stop], options)
-            yield from (_moved(s, begin / SAMPLE_RATE) for s in result.segments)
+            moved = (_moved(s, begin / SAMPLE_RATE) for s in result.segments)
+            yield from (s for s in moved if not _made_up(s, tuple(stretches)))
 
 
 def _unheard(
@@ -250,13 +257,18 @@ def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[fl
     return [(x, y) for x, y in ((a, c), (d, b)) if y > x]
 
 
-def _over_silence(segment: Segment, speech: tuple[tuple[int, int], ...]) -> bool:
-    """Whether the segment lies over no speech at all and the model itself doubted there was
-    any: text Whisper made up from a pause."""
+def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...]) -> bool:
+    """Whether Whisper wrote the segment without hearing it: the model itself doubted the
+    window held speech, and the segment lies over no speech VAD found (none found: not known),
+    or it has several words said faster than anyone speaks."""
     if segment.no_speech_prob < _NO_SPEECH:
         return False
+    words = len(_WORD.findall(segment.text))
+    seconds = segment.end - segment.start
+    if words >= _LOOP_WORDS and words > _FASTEST_WORDS_PER_SECOND * seconds:
+        return True
     start, end = segment.start * SAMPLE_RATE, segment.end * SAMPLE_RATE
-    return not any(a < end and start < b for a, b in speech)
+    return bool(speech) and not any(a < end and start < b for a, b in speech)
 
 
 def _moved(segment: Segment, offset: float) -> Segment:
