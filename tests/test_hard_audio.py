@@ -9,6 +9,7 @@ second one 25 dB quieter. Each is held to the clips read one by one.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +25,10 @@ from harken import evaluation
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.leveling import level_speech, speech_level_db
-from harken.engine.longform import _made_up, _unheard, _without_loops
+from harken.engine.longform import _made_up, _PieceReader, _unheard, _without_loops
 from harken.engine.script import convert_segment
-from harken.engine.segmentation import plan_pieces
-from harken.engine.types import Segment, Word
+from harken.engine.segmentation import Piece, plan_pieces
+from harken.engine.types import Segment, Transcription, TranscriptionInfo, Word
 from tests.conftest import Clip, normalize_text, wav_bytes
 from tests.test_long_audio import corpus_wer, sse_events
 
@@ -240,6 +241,62 @@ def test_a_quiet_speaker_beside_a_loud_one_is_heard(
     assert lost(levels.clips, text) == []
 
 
+# --- talk in the background
+def under_background_talk(
+    speech: dict[str, Clip], pauses: list[float]
+) -> tuple[np.ndarray, np.ndarray, list[Clip], list[Clip]]:
+    """Three clips at -23 dB in front of a bed of three others at -41 dB that never stops (VAD
+    hears it as speech too): the voices in front, the bed, the clips in front, those behind."""
+    front = [speech[i] for i in ("ls_2412-153948-0000", "ls_1272-141231-0002",
+                                 "ls_1089-134686-0000")]  # fmt: skip
+    behind = [speech[i] for i in ("librivox_sns01_0870", "ls_1995-1837-0001",
+                                  "librivox_sns01_0920")]  # fmt: skip
+    parts = []
+    for clip, pause in zip(front, pauses, strict=True):
+        parts += [levelled(decode_audio(clip.bytes()), -23.0),
+                  np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
+    voices = np.concatenate(parts)
+    bed = np.concatenate([levelled(decode_audio(c.bytes()), -41.0) for c in behind])
+    bed = np.tile(bed, voices.shape[0] // bed.shape[0] + 1)[: voices.shape[0]]
+    return voices, bed, front, behind
+
+
+def test_talk_in_the_background_is_left_out(server: Any, speech: dict[str, Clip]) -> None:
+    """Speech VAD found and the text left out is read again, unless it is far quieter than the
+    speech around it: a voice in the background (18 dB under the speaker here), which Whisper
+    rightly left out. Read again, it put half sentences of the voices behind into the text."""
+    voices, bed, front, behind = under_background_talk(speech, [2.5, 2.5, 0.0])
+    transcriber = server.service._models[TINY].transcriber
+    result = transcribe_long(transcriber, voices + bed, TranscriptionOptions(language="en"))
+    text = "".join(s.text for s in result.segments)
+    assert lost(tuple(front), text) == []
+
+    def trigrams(text: str) -> set[tuple[str, ...]]:
+        words = normalize_text(text).split()
+        return set(zip(words, words[1:], words[2:], strict=False))
+
+    said_behind = set().union(*(trigrams(c.text) for c in behind))
+    said_in_front = set().union(*(trigrams(c.text) for c in front))
+    assert trigrams(text) & said_behind - said_in_front == set(), text
+
+
+def test_speech_without_a_pause_is_cut_where_it_is_quietest(speech: dict[str, Clip]) -> None:
+    """Talk over a bed of voices gives VAD no pause for longer than a window; the stretch is
+    then cut at its quietest moment (between two words in front), not in a word."""
+    voices, bed, _, _ = under_background_talk(speech, [0.6, 0.6, 0.0])
+    voices, bed = np.tile(voices, 2), np.tile(bed, 2)  # 73 s
+    pieces = plan_pieces(voices + bed, SegmentationOptions())
+    stretches = [span for piece in pieces for span in piece.speech]
+    # Where VAD found a pause, two stretches are apart; where it had to cut, they touch.
+    cuts = [end for (_, end), (start, _) in itertools.pairwise(stretches) if end == start]
+    assert cuts
+    level = speech_level_db(voices)
+    around = SAMPLE_RATE // 20  # the 100 ms about the cut
+    in_words = [round(cut / SAMPLE_RATE, 2) for cut in cuts
+                if speech_level_db(voices[cut - around : cut + around]) > level - 20]  # fmt: skip
+    assert in_words == []
+
+
 # --- levelling, the loop guard and the re-read rule, on their own
 def test_levelling_lifts_quiet_stretches_within_bounds() -> None:
     rng = np.random.default_rng(1)
@@ -302,6 +359,38 @@ def test_text_the_model_made_up_is_dropped() -> None:
     assert not _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.1), speech)
     # A word or two said quickly is not a passage.
     assert not _made_up(segment(4.6, 4.72, " Five.", no_speech_prob=0.9), speech)
+
+
+def spoken(start: float, end: float, text: str) -> Segment:
+    return segment(start, end, text, words=(Word(start, end, text, 0.9),))
+
+
+def test_speech_read_again_takes_its_place_in_time() -> None:
+    """A turn skipped inside a stretch of speech that goes on past the next segment: its text,
+    read again once the text has passed the whole stretch, still comes before that segment."""
+
+    class Reader:  # the model's side: first the piece, then the turn it skipped
+        parallel_windows = 1
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+            self.calls += 1
+            if self.calls == 1:
+                said = [spoken(0.0, 4.0, " one"), spoken(12.0, 16.0, " three")]
+            else:
+                said = [spoken(0.1, samples.shape[0] / SAMPLE_RATE, " two")]
+            return Transcription(TranscriptionInfo("en", 1.0, 20.0), iter(said))
+
+        def count_tokens(self, text: str) -> int:
+            return len(text.split())
+
+    audio = np.random.default_rng(2).normal(0, 0.05, 20 * SAMPLE_RATE).astype(np.float32)
+    piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
+    reader = _PieceReader(Reader(), audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    said = [(s.text, round(s.start, 1)) for s in reader.read(piece)]
+    assert said == [(" one", 0.0), (" two", 4.2), (" three", 12.0), (" two", 16.2)]
 
 
 def test_a_passage_written_twice_is_written_once() -> None:
