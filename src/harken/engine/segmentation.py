@@ -1,11 +1,12 @@
 """Where to cut long audio: pieces of up to two minutes, cut in pauses.
 
 Silero VAD (bundled with faster-whisper) finds the speech, in stretches of at most one 30 s
-window (one that runs on longer is cut at its last short pause, or at its quietest moment). The first stretch is a piece of its own, so that the first text of a stream is not
-held back. Later stretches are joined into pieces whose audio is at most `max_piece_seconds`
-long. The model reads a piece as it reads any audio: 30 s windows one after another, each
-carrying the previous window's text. Cutting between pieces only where nobody speaks means no
-word is split at a seam, and pieces of several windows keep what the raw engine gets right:
+window (one that runs on longer is cut at its last short pause, or at its quietest moment).
+The first stretch is a piece of its own, so that the first text of a stream is not held back.
+Later stretches are joined into pieces whose audio is at most `max_piece_seconds` long. The
+model reads a piece as it reads any audio: 30 s windows one after another, each carrying the
+previous window's text. Cutting between pieces only where nobody speaks means no word is split
+at a seam, and pieces of several windows keep what the raw engine gets right:
 
 - Whisper often leaves the last utterance of a window for the next (its text ends before the
   audio). In a piece of one window that remainder costs a window of its own; in a longer piece
