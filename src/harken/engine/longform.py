@@ -228,7 +228,8 @@ class _PieceReader:
         length: float,
         options: TranscriptionOptions,
     ) -> Iterator[Segment]:
-        for start, end in _unheard(tuple(stretches), heard, length):
+        speech = tuple(stretches)
+        for start, end in _unheard(speech, heard, length):
             under = _quieter_than_around(samples, (start, end), stretches)
             if under > _BACKGROUND_DB:
                 log.info("left %.1f-%.1f s of a piece unread: background, %.0f dB under the "
@@ -240,7 +241,7 @@ class _PieceReader:
                      start, end)  # fmt: skip
             result = self.transcriber.transcribe(samples[begin:stop], options)
             moved = (_moved(s, begin / SAMPLE_RATE) for s in result.segments)
-            yield from (s for s in moved if not _made_up(s, tuple(stretches)))
+            yield from (s for s in moved if not _made_up(s, speech))
 
 
 def _unheard(

@@ -346,23 +346,22 @@ def _padded(spans: Iterable[tuple[int, int]], pad: int, total: int) -> Iterator[
         yield previous[0], min(total, previous[1] + pad)
 
 
-def _quietest(audio: np.ndarray, begin: int, end: int) -> int:
-    """The middle of the quietest 100 ms of audio[begin:end] (20 ms frames, five at a time)."""
+def _quietest(audio: np.ndarray, begin: int, end: int, frames: int = 5) -> int:
+    """The middle of the quietest `frames` 20 ms frames in a row of audio[begin:end]."""
     frame = SAMPLE_RATE // 50
     samples = as_float32(audio[begin:end])
     count = samples.shape[0] // frame
-    if count < 5:
+    if count < frames:
         return end
     energy = np.mean(samples[: count * frame].reshape(count, frame) ** 2, axis=1)
-    smoothed = np.convolve(energy, np.ones(5), mode="valid")
-    return begin + (int(np.argmin(smoothed)) + 2) * frame + frame // 2
+    smoothed = np.convolve(energy, np.ones(frames), mode="valid")
+    return begin + (int(np.argmin(smoothed)) + frames // 2) * frame + frame // 2
 
 
 def _fixed_pieces(audio: np.ndarray, window_seconds: float) -> Iterator[Piece]:
     """Windows of about `window_seconds`, each ended at the quietest 20 ms of its last 10 s."""
     total = int(audio.shape[0])
     window = int(window_seconds * SAMPLE_RATE)
-    frame = SAMPLE_RATE // 50
     search = 10 * SAMPLE_RATE
     start = 0
     while start < total:
@@ -370,9 +369,6 @@ def _fixed_pieces(audio: np.ndarray, window_seconds: float) -> Iterator[Piece]:
         if end >= total:
             yield Piece(start, total)
             return
-        tail = as_float32(audio[end - search : end])
-        frames = tail[: tail.shape[0] // frame * frame].reshape(-1, frame)
-        quietest = int(np.argmin((frames**2).mean(axis=1)))
-        cut = end - search + quietest * frame + frame // 2
+        cut = _quietest(audio, end - search, end, frames=1)
         yield Piece(start, cut)
         start = cut
