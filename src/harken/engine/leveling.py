@@ -26,6 +26,7 @@ _MAX_GAIN_DB = 30.0
 _PEAK = 0.95  # a lifted stretch's loudest sample stays below this
 _FRAME = SAMPLE_RATE // 50  # 20 ms
 _RAMP = SAMPLE_RATE // 20  # 50 ms: the shortest change of gain, where two stretches touch
+_HOLD = 3  # frames (60 ms) either side of a loud frame that `turn_down_below` leaves as they are
 
 
 def speech_level_db(samples: np.ndarray) -> float:
@@ -35,10 +36,42 @@ def speech_level_db(samples: np.ndarray) -> float:
     if count == 0:
         power = float(np.mean(np.square(samples, dtype=np.float64))) if samples.size else 0.0
     else:
-        frames = samples[: count * _FRAME].astype(np.float64).reshape(count, _FRAME)
-        energies = np.sort(np.mean(frames**2, axis=1))
+        energies = np.sort(_frame_powers(samples))
         power = float(np.mean(energies[count // 2 :]))
     return 10.0 * np.log10(power + 1e-12)
+
+
+def seconds_at_level(samples: np.ndarray, level_db: float, within_db: float) -> float:
+    """How many seconds of `samples` are no more than `within_db` under `level_db` (counted
+    in 20 ms frames)."""
+    decibels = 10.0 * np.log10(_frame_powers(samples) + 1e-12)
+    return float(np.count_nonzero(decibels >= level_db - within_db)) * _FRAME / SAMPLE_RATE
+
+
+def turn_down_below(
+    samples: np.ndarray, level_db: float, below_db: float, by_db: float
+) -> np.ndarray:
+    """`samples` (float32) with what is more than `below_db` under `level_db` turned down by
+    `by_db`: the voices behind a speaker, in the speaker's pauses. A frame counts as loud
+    while a loud one is within `_HOLD` of it, so the soft starts and ends of words keep their
+    level; the gain changes linearly from one frame's middle to the next."""
+    powers = _frame_powers(np.pad(samples, (0, -samples.shape[0] % _FRAME)))
+    if powers.size == 0:
+        return samples
+    loud = 10.0 * np.log10(powers + 1e-12) >= level_db - below_db
+    held = np.convolve(loud, np.ones(2 * _HOLD + 1), mode="same") > 0
+    if held.all():
+        return samples
+    middles = np.arange(held.shape[0]) * _FRAME + _FRAME / 2
+    gain_db = np.interp(np.arange(samples.shape[0]), middles, np.where(held, 0.0, -by_db))
+    return samples * np.power(10.0, gain_db / 20.0).astype(np.float32)
+
+
+def _frame_powers(samples: np.ndarray) -> np.ndarray:
+    """The mean power of each whole 20 ms frame."""
+    count = samples.shape[0] // _FRAME
+    frames = samples[: count * _FRAME].astype(np.float64).reshape(count, _FRAME)
+    return np.mean(frames**2, axis=1)
 
 
 def level_speech(samples: np.ndarray, speech: Sequence[tuple[int, int]]) -> np.ndarray:
