@@ -88,6 +88,7 @@ log = logging.getLogger(__name__)
 _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read again
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
+_LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
 # Sound this much quieter than the stretch of speech it lies in is background. Background talk
 # 18 dB under the speaker (a recording built apart from the tests), which VAD joins with the
 # speaker's stretches, was left out 15-23 dB under them: read again, it added 73 words (WER
@@ -213,16 +214,21 @@ class _PieceReader:
         """The segments, with those of each stretch of speech they left out read again on its
         own and put in time order among them. A stretch is judged once the text has gone past
         it (Whisper reads forward); a segment comes once no stretch before it is left to judge
-        (at once, unless it lies inside a stretch that goes on past it)."""
+        (at once, unless it reaches into a stretch not yet judged)."""
         heard: list[Segment] = []
         held: list[Segment] = []  # in time order
         waiting = list(speech)
         length = samples.shape[0] / SAMPLE_RATE
 
         def settled() -> Iterator[Segment]:
-            # What is read again starts no earlier than its stretch (less the padding).
-            bound = waiting[0][0] / SAMPLE_RATE - _REREAD_PAD if waiting else float("inf")
-            while held and held[0].start < bound:
+            # What is read again starts no earlier than its stretch (less the padding), or than
+            # a segment it replaces (see `_read_again`): one that reaches into the stretch.
+            if not waiting:
+                yield from held
+                held.clear()
+                return
+            begins = waiting[0][0] / SAMPLE_RATE
+            while held and held[0].start < begins - _REREAD_PAD and held[0].end <= begins:
                 yield held.pop(0)
 
         for segment in segments:
@@ -230,14 +236,12 @@ class _PieceReader:
             while passed < len(waiting) and waiting[passed][1] / SAMPLE_RATE <= segment.start:
                 passed += 1
             if passed:
-                for found in self._read_again(samples, waiting[:passed], heard, length, options):
-                    bisect.insort(held, found, key=_start)
+                self._read_again(samples, waiting[:passed], heard, held, length, options)
                 del waiting[:passed]
             heard.append(segment)
             bisect.insort(held, segment, key=_start)
             yield from settled()
-        for found in self._read_again(samples, waiting, heard, length, options):
-            bisect.insort(held, found, key=_start)
+        self._read_again(samples, waiting, heard, held, length, options)
         yield from held
 
     def _read_again(
@@ -245,11 +249,19 @@ class _PieceReader:
         samples: np.ndarray,
         stretches: list[tuple[int, int]],
         heard: list[Segment],
+        held: list[Segment],
         length: float,
         options: TranscriptionOptions,
-    ) -> Iterator[Segment]:
+    ) -> None:
+        """Reads again what the text left out of `stretches`, into `held` (in time order). A
+        held segment with a word stretched over the speech left out is read again with it, in
+        place of it: its times spanned speech it skipped, so its text belongs after that
+        speech's, or before, and only a reading of both can tell."""
         speech = tuple(stretches)
+        read_until = 0.0
         for start, end in _unheard(speech, heard, length):
+            if end <= read_until:
+                continue  # read with a segment it hid
             level = _level_around(samples, (start, end), stretches)
             span = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
             loud = seconds_at_level(span, level, _BACKGROUND_DB)
@@ -257,14 +269,22 @@ class _PieceReader:
                 log.info("left %.1f-%.1f s of a piece unread: background (%.1f s of it at the "
                          "level of the speech around it)", start, end, loud)  # fmt: skip
                 continue
+            hiding = [s for s in held if _hides(s, (start, end))]
+            for segment in hiding:
+                held.remove(segment)
+            start = min([max(start, read_until), *(s.start for s in hiding)])
+            end = max([end, *(s.end for s in hiding)])
+            read_until = end
             begin = max(0, int((start - _REREAD_PAD) * SAMPLE_RATE))
             stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
-            log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out",
-                     start, end)  # fmt: skip
+            log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
+                     "(%d segments with it)", start, end, len(hiding))  # fmt: skip
             again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
             result = self.transcriber.transcribe(again, options)
-            moved = (_moved(s, begin / SAMPLE_RATE) for s in result.segments)
-            yield from (s for s in moved if not _made_up(s, speech))
+            for segment in result.segments:
+                moved = _moved(segment, begin / SAMPLE_RATE)
+                if not _made_up(moved, speech):
+                    bisect.insort(held, moved, key=_start)
 
 
 def _unheard(
@@ -274,10 +294,12 @@ def _unheard(
     segments have no words) covers and that are at least `_UNHEARD_SECONDS` long; neighbours
     less than a second apart are joined."""
     spans_heard = [
-        (w.start, w.end) if s.words is not None else (s.start, s.end)
+        part
         for s in segments
         if s.text.strip()
-        for w in (s.words if s.words is not None else (s,))
+        for part in (
+            [(s.start, s.end)] if s.words is None else [p for w in s.words for p in _said(w)]
+        )
     ]
     heard = sorted(
         (max(0.0, start - _HEARD_SLACK), min(length, end + _HEARD_SLACK))
@@ -296,6 +318,26 @@ def _unheard(
         else:
             joined.append((start, end))
     return joined
+
+
+def _said(word: Word) -> list[tuple[float, float]]:
+    """Where a word was said (seconds). Whisper's alignment stretches a word over speech the
+    text skipped (`not` over 8.6 s, two clips of another speaker before it, in talk over music
+    and voices built apart from the tests): a word longer than `_LONGEST_WORD_SECONDS` is
+    taken to cover only half that at each end."""
+    if word.end - word.start <= _LONGEST_WORD_SECONDS:
+        return [(word.start, word.end)]
+    half = _LONGEST_WORD_SECONDS / 2
+    return [(word.start, word.start + half), (word.end - half, word.end)]
+
+
+def _hides(segment: Segment, span: tuple[float, float]) -> bool:
+    """Whether one of the segment's words is stretched over `span` (seconds)."""
+    return any(
+        word.start < span[1] and span[0] < word.end
+        and word.end - word.start > _LONGEST_WORD_SECONDS
+        for word in segment.words or ()
+    )  # fmt: skip
 
 
 def _level_around(
