@@ -485,6 +485,43 @@ def test_a_segment_that_hid_a_turn_is_read_again_with_it() -> None:
     assert model.heard[1].shape[0] == int(16.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
 
 
+def test_a_segment_whose_words_jump_over_a_turn_is_read_again_with_it() -> None:
+    """One turn beginning before the other's end (turns overlapping, built apart from the
+    tests): Whisper's text went on from the middle of the first turn to the second, its first
+    word aligned 2.7 s early, inside the first. The first turn's end, read again alone, came
+    out after the segment that skipped it; read together with that segment, in order."""
+
+    class Reader:
+        parallel_windows = 1
+
+        def __init__(self) -> None:
+            self.heard: list[np.ndarray] = []
+
+        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+            self.heard.append(samples)
+            if len(self.heard) == 1:
+                words = (Word(3.0, 3.4, " Mr.", 0.9), *said_over(6.0, 10.0, " Quilter is here."))
+                said = [spoken(0.2, 2.8, " Ask not."), segment(3.0, 10.0, " Mr. Quilter is here.",
+                                                                words=words)]  # fmt: skip
+            else:
+                said = [spoken(0.3, 2.7, " Ask what you can do."),
+                        spoken(3.2, 7.0, " Mr. Quilter is here.")]  # fmt: skip
+            return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
+
+        def count_tokens(self, text: str) -> int:
+            return len(text.split())
+
+    audio = np.random.default_rng(6).normal(0, 0.05, 11 * SAMPLE_RATE).astype(np.float32)
+    piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
+    model = Reader()
+    said = [
+        s.text for s in _PieceReader(model, audio, TranscriptionOptions(), False, None).read(piece)
+    ]  # type: ignore[arg-type]
+    assert said == [" Ask not.", " Ask what you can do.", " Mr. Quilter is here."]
+    # Read again: from the segment's start (less the padding) to its end (and the padding).
+    assert model.heard[1].shape[0] == int(10.2 * SAMPLE_RATE) - int(2.8 * SAMPLE_RATE)
+
+
 def test_only_speech_at_the_level_around_it_is_read_again() -> None:
     """Speech the text left out is read again if enough of it is at the level of the speech
     around it, and then with what is far quieter turned down. A span that is the last syllable
