@@ -282,6 +282,27 @@ def test_talk_in_the_background_is_left_out(server: Any, speech: dict[str, Clip]
     assert trigrams(text) & said_behind - said_in_front == set(), text
 
 
+def read_after(model: Any, audio: np.ndarray, first_read: list[Segment]) -> str:
+    """The text of `audio` (one piece) where the piece's reading is `first_read` and all that
+    is read again is read by `model`."""
+
+    class FirstReadGiven:
+        parallel_windows = 1
+
+        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+            if samples.shape[0] == audio.shape[0]:
+                return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(first_read))
+            return model.transcribe(samples, options)
+
+        def count_tokens(self, text: str) -> int:
+            return model.count_tokens(text)
+
+    [piece] = plan_pieces(audio, SegmentationOptions())
+    options = TranscriptionOptions(language="en")
+    reader = _PieceReader(FirstReadGiven(), audio, options, True, None)  # type: ignore[arg-type]
+    return "".join(s.text for s in reader.read(piece))
+
+
 def test_a_turn_read_again_is_read_without_the_voices_behind(
     server: Any, speech: dict[str, Clip]
 ) -> None:
@@ -295,23 +316,8 @@ def test_a_turn_read_again_is_read_without_the_voices_behind(
     audio = voices + bed
     first_turn = decode_audio(front[0].bytes()).shape[0] / SAMPLE_RATE
     model = server.service._models[TINY].transcriber
-
-    class SkipsTheSecondTurn:  # the piece's reading skips the second turn; the rest is the model
-        parallel_windows = 1
-
-        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
-            if samples.shape[0] == audio.shape[0]:
-                said = [spoken(0.0, first_turn, " " + front[0].text)]
-                return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
-            return model.transcribe(samples, options)
-
-        def count_tokens(self, text: str) -> int:
-            return model.count_tokens(text)
-
-    [piece] = plan_pieces(audio, SegmentationOptions())
-    reader = _PieceReader(SkipsTheSecondTurn(), audio, TranscriptionOptions(language="en"),
-                          True, None)  # type: ignore[arg-type]  # fmt: skip
-    text = "".join(s.text for s in reader.read(piece))
+    # The piece's reading skips the second turn.
+    text = read_after(model, audio, [spoken(0.0, first_turn, " " + front[0].text)])
     assert lost(tuple(front), text) == []
     said_behind = set().union(*(trigrams(c.text) for c in behind))
     assert trigrams(text) & said_behind - trigrams(" ".join(c.text for c in front)) == set(), text
@@ -341,25 +347,11 @@ def test_a_turn_begun_before_the_last_ended_is_read_again_in_order(
     start, end = begins / SAMPLE_RATE, (begins + two.shape[0]) / SAMPLE_RATE
     jumped = (Word(early, early + 0.4, " Mister", 0.9),
               *said_over(start + 0.6, end, " " + second.text.split(" ", 1)[1]))  # fmt: skip
-
-    class JumpsToTheSecondTurn:
-        parallel_windows = 1
-
-        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
-            if samples.shape[0] == audio.shape[0]:
-                text = "".join(w.word for w in said)
-                segments = [segment(said[0].start, said[-1].end, text, words=tuple(said)),
-                            segment(early, end, " " + second.text, words=jumped)]  # fmt: skip
-                return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(segments))
-            return model.transcribe(samples, options)
-
-        def count_tokens(self, text: str) -> int:
-            return model.count_tokens(text)
-
-    [piece] = plan_pieces(audio, SegmentationOptions())
-    reader = _PieceReader(JumpsToTheSecondTurn(), audio, TranscriptionOptions(language="en"),
-                          True, None)  # type: ignore[arg-type]  # fmt: skip
-    text = normalize_text("".join(s.text for s in reader.read(piece)))
+    first_read = [
+        segment(said[0].start, said[-1].end, "".join(w.word for w in said), words=tuple(said)),
+        segment(early, end, " " + second.text, words=jumped),
+    ]
+    text = normalize_text(read_after(model, audio, first_read))
     assert lost((first, second), text) == [], text
     assert text.count("quilter") == 1, text
     before_the_second = text[: text.index("quilter")]
@@ -495,41 +487,42 @@ def test_speech_read_again_takes_its_place_in_time() -> None:
     assert said == [(" one", 0.0), (" two", 4.2), (" three", 12.0), (" two", 16.2)]
 
 
+class Scripted:
+    """A model whose reading of the piece (the first) and of all that is read again are given."""
+
+    parallel_windows = 1
+
+    def __init__(self, first: list[Segment], again: list[Segment]) -> None:
+        self.first, self.again = first, again
+        self.heard: list[np.ndarray] = []
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        self.heard.append(samples)
+        said = self.first if len(self.heard) == 1 else self.again
+        return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def read_scripted(model: Scripted, seconds: int) -> list[str]:
+    """The texts `model` gives a piece of `seconds` of sound, all of it speech to VAD."""
+    audio = np.random.default_rng(5).normal(0, 0.05, seconds * SAMPLE_RATE).astype(np.float32)
+    piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    return [s.text for s in reader.read(piece)]
+
+
 def test_a_segment_that_hid_a_turn_is_read_again_with_it() -> None:
     """Whisper's alignment can stretch one word over turns its text skipped (`not` over 8.6 s
     of two clips of another speaker, on talk over music built apart from the tests). Such a
     word covers only its ends; the speech between is read again together with the segment,
     in its place, so that the two texts come in the order they were said."""
-
-    class Reader:
-        parallel_windows = 1
-
-        def __init__(self) -> None:
-            self.heard: list[np.ndarray] = []
-
-        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
-            self.heard.append(samples)
-            if len(self.heard) == 1:
-                words = (Word(0.4, 1.0, " It", 0.9), Word(1.0, 1.5, " was", 0.9),
-                         Word(1.5, 12.5, " not", 0.9), Word(12.5, 15.8, " so.", 0.9))  # fmt: skip
-                said = [segment(0.4, 16.0, " It was not so.", words=words)]
-            else:
-                said = [
-                    spoken(0.5, 11.0, " A turn it skipped."),
-                    spoken(11.5, 15.8, " It was not so."),
-                ]
-            return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
-
-        def count_tokens(self, text: str) -> int:
-            return len(text.split())
-
-    audio = np.random.default_rng(5).normal(0, 0.05, 17 * SAMPLE_RATE).astype(np.float32)
-    piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
-    model = Reader()
-    said = [
-        s.text for s in _PieceReader(model, audio, TranscriptionOptions(), False, None).read(piece)
-    ]  # type: ignore[arg-type]
-    assert said == [" A turn it skipped.", " It was not so."]
+    words = (Word(0.4, 1.0, " It", 0.9), Word(1.0, 1.5, " was", 0.9),
+             Word(1.5, 12.5, " not", 0.9), Word(12.5, 15.8, " so.", 0.9))  # fmt: skip
+    again = [spoken(0.5, 11.0, " A turn it skipped."), spoken(11.5, 15.8, " It was not so.")]
+    model = Scripted([segment(0.4, 16.0, " It was not so.", words=words)], again)
+    assert read_scripted(model, 17) == [" A turn it skipped.", " It was not so."]
     # Read again: the segment's whole time (and the padding), not only the speech it hid.
     assert model.heard[1].shape[0] == int(16.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
 
@@ -539,34 +532,18 @@ def test_a_segment_whose_words_jump_over_a_turn_is_read_again_with_it() -> None:
     tests): Whisper's text went on from the middle of the first turn to the second, its first
     word aligned 2.7 s early, inside the first. The first turn's end, read again alone, came
     out after the segment that skipped it; read together with that segment, in order."""
-
-    class Reader:
-        parallel_windows = 1
-
-        def __init__(self) -> None:
-            self.heard: list[np.ndarray] = []
-
-        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
-            self.heard.append(samples)
-            if len(self.heard) == 1:
-                words = (Word(3.0, 3.4, " Mr.", 0.9), *said_over(6.0, 10.0, " Quilter is here."))
-                said = [spoken(0.2, 2.8, " Ask not."), segment(3.0, 10.0, " Mr. Quilter is here.",
-                                                                words=words)]  # fmt: skip
-            else:
-                said = [spoken(0.3, 2.7, " Ask what you can do."),
-                        spoken(3.2, 7.0, " Mr. Quilter is here.")]  # fmt: skip
-            return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
-
-        def count_tokens(self, text: str) -> int:
-            return len(text.split())
-
-    audio = np.random.default_rng(6).normal(0, 0.05, 11 * SAMPLE_RATE).astype(np.float32)
-    piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
-    model = Reader()
-    said = [
-        s.text for s in _PieceReader(model, audio, TranscriptionOptions(), False, None).read(piece)
-    ]  # type: ignore[arg-type]
-    assert said == [" Ask not.", " Ask what you can do.", " Mr. Quilter is here."]
+    words = (Word(3.0, 3.4, " Mr.", 0.9), *said_over(6.0, 10.0, " Quilter is here."))
+    first = [
+        spoken(0.2, 2.8, " Ask not."),
+        segment(3.0, 10.0, " Mr. Quilter is here.", words=words),
+    ]
+    model = Scripted(first, [spoken(0.3, 2.7, " Ask what you can do."),
+                             spoken(3.2, 7.0, " Mr. Quilter is here.")])  # fmt: skip
+    assert read_scripted(model, 11) == [
+        " Ask not.",
+        " Ask what you can do.",
+        " Mr. Quilter is here.",
+    ]
     # Read again: from the segment's start (less the padding) to its end (and the padding).
     assert model.heard[1].shape[0] == int(10.2 * SAMPLE_RATE) - int(2.8 * SAMPLE_RATE)
 
