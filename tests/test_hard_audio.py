@@ -505,11 +505,14 @@ class Scripted:
         return len(text.split())
 
 
-def read_scripted(model: Scripted, seconds: int) -> list[str]:
+def read_scripted(
+    model: Scripted, seconds: int, options: TranscriptionOptions | None = None
+) -> list[str]:
     """The texts `model` gives a piece of `seconds` of sound, all of it speech to VAD."""
     audio = np.random.default_rng(5).normal(0, 0.05, seconds * SAMPLE_RATE).astype(np.float32)
     piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))
-    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    options = options or TranscriptionOptions()
+    reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
     return [s.text for s in reader.read(piece)]
 
 
@@ -603,6 +606,13 @@ def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
     model = Scripted(chord, [])
     assert read_scripted(model, 26) == []
     assert len(model.heard) == 1  # the model had read it at every temperature: not again
+    # A temperature the caller chose: no others were tried. Kept, and the rest read again.
+    model = Scripted(chord, [])
+    assert read_scripted(model, 26, TranscriptionOptions(temperature=0.0)) == [
+        " Music",
+        " And so, my",
+    ]
+    assert len(model.heard) == 2
     looped = {"temperature": 1.0, "avg_logprob": -0.3, "compression_ratio": 2.8}
     model = Scripted([segment(0.0, 6.0, " la la la la la la", **looped)], [])
     assert read_scripted(model, 26) == []

@@ -219,7 +219,8 @@ class _PieceReader:
         # Made-up text goes before the coverage check: it must not pass for the speech it hides.
         unreadable: list[tuple[float, float]] = []
         length = samples.shape[0] / SAMPLE_RATE
-        heard = _heard(result.segments, speech, length, unreadable)
+        fell_back = self.options.temperature is None  # the engine's fallback schedule
+        heard = _heard(result.segments, speech, length, unreadable if fell_back else None)
         if not speech:
             return result.info, final(heard)
         return result.info, final(self._with_unheard(samples, speech, heard, unreadable, options))
@@ -308,7 +309,8 @@ class _PieceReader:
             again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
             result = self.transcriber.transcribe(again, options)
             moved = (_moved(segment, begin / SAMPLE_RATE) for segment in result.segments)
-            for segment in _heard(moved, speech, stop / SAMPLE_RATE, []):
+            fell_back = options.temperature is None
+            for segment in _heard(moved, speech, stop / SAMPLE_RATE, [] if fell_back else None):
                 bisect.insort(held, segment, key=_start)
 
 
@@ -417,16 +419,19 @@ def _heard(
     segments: Iterator[Segment],
     speech: tuple[tuple[int, int], ...],
     length: float,
-    unreadable: list[tuple[float, float]],
+    unreadable: list[tuple[float, float]] | None,
 ) -> Iterator[Segment]:
     """The segments (times in seconds of audio `length` long, in which VAD found `speech`) but
     those Whisper wrote without hearing them (`_made_up`) and those of a window it could not
     read: one whose reading failed Whisper's checks at every temperature and gave fewer than
     `_SPARSE_WORDS_PER_SECOND` words a second of its speech. The spans of such windows go into
-    `unreadable`. A segment of a failed window waits until the window is over (its seek).
+    `unreadable`; None: the reading had no temperatures to fall back on (the caller chose one),
+    and a reading that failed there is kept (what it left out is read again, as any text's).
+    A segment of a failed window waits until the window is over (its seek).
     The words are counted against all the audio the window held, not only what its text took:
     in 26 s of a chord, Whisper's one segment ended at 3 s, and the next window began there."""
     window: list[Segment] = []
+    spans = unreadable if unreadable is not None else []
 
     def judged() -> Iterator[Segment]:
         start = window[0].seek / 100  # the window Whisper read, not only what its text took
@@ -437,7 +442,7 @@ def _heard(
             text = "".join(s.text for s in window)
             log.info("dropped %.1f-%.1f s of a piece: its reading failed at every temperature "
                      "(%d words): %r", start, end, words, text)  # fmt: skip
-            unreadable.append((start, end))
+            spans.append((start, end))
         else:
             yield from window
         window.clear()
@@ -450,7 +455,7 @@ def _heard(
         failed = (
             segment.avg_logprob < _FAILED_LOGPROB and segment.no_speech_prob <= _NO_SPEECH
         ) or segment.compression_ratio > _FAILED_COMPRESSION
-        if failed:
+        if failed and unreadable is not None:
             window.append(segment)
         else:
             yield segment
