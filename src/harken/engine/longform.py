@@ -71,6 +71,7 @@ from harken.engine.leveling import (
 from harken.engine.script import convert_segment, converts
 from harken.engine.segmentation import (
     SAMPLE_RATE,
+    WINDOW_SECONDS,
     Piece,
     SegmentationOptions,
     as_float32,
@@ -125,7 +126,6 @@ _FAILED_COMPRESSION = 2.4
 # 1.4x -> 1.1-1.3x the raw engine's. People say 2-3 words a second; on the benchmark's four
 # recordings and four other held-out ones no window failed at every temperature.
 _SPARSE_WORDS_PER_SECOND = 0.5
-_WINDOW_SECONDS = 30.0  # Whisper's window
 _FASTEST_WORDS_PER_SECOND = 10.0  # nobody says several words faster than this
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
 _MAX_PARALLEL = 8  # pieces of one recording read at once
@@ -191,6 +191,12 @@ class _PieceReader:
         self.level = level
         self.on_piece = on_piece
 
+    @property
+    def falls_back(self) -> bool:
+        """Whether a window is read again at higher temperatures when its reading fails
+        (the engine's schedule), or only at the one the caller chose."""
+        return self.options.temperature is None
+
     def read(self, piece: Piece) -> Iterator[Segment]:
         _, segments = self.start(piece)
         return segments
@@ -219,8 +225,7 @@ class _PieceReader:
         # Made-up text goes before the coverage check: it must not pass for the speech it hides.
         unreadable: list[tuple[float, float]] = []
         length = samples.shape[0] / SAMPLE_RATE
-        fell_back = self.options.temperature is None  # the engine's fallback schedule
-        heard = _heard(result.segments, speech, length, unreadable if fell_back else None)
+        heard = _heard(result.segments, speech, length, unreadable if self.falls_back else None)
         if not speech:
             return result.info, final(heard)
         return result.info, final(self._with_unheard(samples, speech, heard, unreadable, options))
@@ -309,8 +314,8 @@ class _PieceReader:
             again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
             result = self.transcriber.transcribe(again, options)
             moved = (_moved(segment, begin / SAMPLE_RATE) for segment in result.segments)
-            fell_back = options.temperature is None
-            for segment in _heard(moved, speech, stop / SAMPLE_RATE, [] if fell_back else None):
+            unread: list[tuple[float, float]] | None = [] if self.falls_back else None
+            for segment in _heard(moved, speech, stop / SAMPLE_RATE, unread):
                 bisect.insort(held, segment, key=_start)
 
 
@@ -435,7 +440,7 @@ def _heard(
 
     def judged() -> Iterator[Segment]:
         start = window[0].seek / 100  # the window Whisper read, not only what its text took
-        end = min(length, start + _WINDOW_SECONDS)
+        end = min(length, start + WINDOW_SECONDS)
         words = sum(len(_WORD.findall(s.text)) for s in window)
         heard = _seconds_of(speech, start, end) if speech else end - start
         if words < _SPARSE_WORDS_PER_SECOND * heard:

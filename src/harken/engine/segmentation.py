@@ -52,7 +52,7 @@ _FIRST_BLOCK_WINDOWS = 312
 _MAX_GAP_SECONDS = 3.0
 _KEPT_PAUSE_SECONDS = 2.0
 # Whisper's window: no stretch of speech (and so no first piece) is longer.
-_WINDOW_SECONDS = 30.0
+WINDOW_SECONDS = 30.0
 # A recording is cut into at least this many pieces where its length allows. Eight (pieces of
 # 83 s on an 11-minute recording, all read in step) was no faster, and lost more at the joins:
 # WER 4.2% against 3.2%.
@@ -157,12 +157,12 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
     # A shorter recording is cut into shorter pieces (down to one window), so that it still
     # gives several to read at once: 90 s in one piece read window after window measured
     # 1.5x the raw engine's time, in 30 s pieces 1.1x.
-    piece_seconds = max(_WINDOW_SECONDS, total / SAMPLE_RATE / _PIECES_AT_LEAST)
+    piece_seconds = max(WINDOW_SECONDS, total / SAMPLE_RATE / _PIECES_AT_LEAST)
     max_piece = int(min(options.max_piece_seconds, piece_seconds) * SAMPLE_RATE)
     max_gap = int(_MAX_GAP_SECONDS * SAMPLE_RATE)
     kept_pause = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE)
     # A stretch of speech never exceeds one window (nor one piece) once padded.
-    longest = min(max_piece, int(_WINDOW_SECONDS * SAMPLE_RATE))
+    longest = min(max_piece, int(WINDOW_SECONDS * SAMPLE_RATE))
     speech = SpeechDetector(
         threshold=options.threshold,
         min_silence_samples=int(options.min_silence_ms * SAMPLE_RATE / 1000),
