@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,14 @@ from harken import evaluation
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.leveling import level_speech, speech_level_db
-from harken.engine.longform import _made_up, _PieceReader, _unheard, _without_loops
+from harken.engine.longform import (
+    _follows_on,
+    _in_order,
+    _made_up,
+    _PieceReader,
+    _unheard,
+    _without_loops,
+)
 from harken.engine.script import convert_segment
 from harken.engine.segmentation import Piece, plan_pieces
 from harken.engine.types import Segment, Transcription, TranscriptionInfo, Word
@@ -661,6 +670,79 @@ def test_music_before_the_first_words_gets_no_text(server: Any, speech: dict[str
     read = list(_PieceReader(Counted(), audio, options, True, None).read(piece))  # type: ignore[arg-type]
     assert [s.text for s in read if s.start < 24.5] == []
     assert len(calls) == 1
+
+
+def test_pieces_follow_on_only_where_voices_fill_the_pauses(speech: dict[str, Clip]) -> None:
+    """Where voices behind the speaker (12 dB under, as in a busy room) fill every pause, VAD
+    hears speech throughout, and each piece follows on from the one before it; the same
+    speech with quiet pauses is cut at pauses, and no piece does."""
+    pauses = [0.7, 1.2, 0.5, 1.6, 0.9, 1.1] * 3
+    front = ("ls_2412-153948-0000", "ls_1272-141231-0002", "ls_1089-134686-0000",
+             "ls_1995-1837-0001", "librivox_sns01_0870", "ls_1272-128104-0000") * 3  # fmt: skip
+    voices, _, _, _ = under_background_talk(speech, pauses, front)
+    behind = [speech[i] for i in ("librivox_sns01_0920", "ls_1988-24833-0001")]
+    bed = np.concatenate([levelled(decode_audio(c.bytes()), -35.0) for c in behind])
+    bed = np.tile(bed, voices.shape[0] // bed.shape[0] + 1)[: voices.shape[0]]
+    hiss = np.random.default_rng(3).normal(0, 0.001, voices.shape[0]).astype(np.float32)
+    for audio, follow in ((voices + bed, True), (voices + hiss, False)):
+        pieces = list(plan_pieces(audio, SegmentationOptions()))
+        assert len(pieces) >= 4, len(pieces)
+        assert {_follows_on(b, a) for a, b in itertools.pairwise(pieces)} == {follow}
+
+
+class Prompted:
+    """A model that reads any audio as two segments naming its call, and notes the prompt each
+    reading was given, by the length of what it read (seconds)."""
+
+    parallel_windows = 3
+
+    def __init__(self) -> None:
+        self.prompts: dict[int, str | None] = {}
+        self.lock = threading.Lock()
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        seconds = samples.shape[0] / SAMPLE_RATE
+        with self.lock:
+            self.prompts[round(seconds)] = options.prompt
+            call = len(self.prompts)
+        time.sleep(0.05)  # the others have time to overtake it
+        said = [spoken(0.0, seconds / 2, f" Call {call} begins."),
+                spoken(seconds / 2, seconds, f" Call {call} ends.")]  # fmt: skip
+        return Transcription(TranscriptionInfo("en", 1.0, seconds), iter(said))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+
+def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
+    """A piece cut from the one before it where VAD heard no pause (voices behind the speaker
+    fill every pause) is read once that one has been, its first window prompted with the last
+    words before it, after the caller's prompt; the others are read side by side, without."""
+    audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
+
+    def piece(*stretches: tuple[int, int]) -> Piece:
+        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
+        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
+
+    first = piece((0, 5))
+    follows = piece((5, 41))  # 36 s, speech all through: it follows on
+    after_pauses = piece((43, 60), (62, 80))  # 37 s, two pauses of 2 s: read side by side
+    follows_too = piece((80, 98))  # 18 s
+    assert [_follows_on(b, a) for a, b in itertools.pairwise(
+        [first, follows, after_pauses, follows_too])] == [True, False, True]  # fmt: skip
+    model = Prompted()
+    options = TranscriptionOptions(language="en", prompt="Harken.")
+    reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
+    _, segments = reader.start(first)
+    rest = iter([follows, after_pauses, follows_too])
+    texts = [s.text for s in _in_order(reader, first, segments, rest, lambda: False, 3)]
+    assert model.prompts[5] == "Harken."
+    assert model.prompts[36] == "Harken. Call 1 ends."
+    assert model.prompts[37] == "Harken."
+    # The pieces' texts in order; the last piece was read after the one before it was over.
+    assert texts[:2] == [" Call 1 begins.", " Call 1 ends."] and len(texts) == 8
+    assert texts[6:] == [" Call 4 begins.", " Call 4 ends."]
+    assert model.prompts[18] == "Harken." + texts[5]
 
 
 def test_a_passage_written_twice_is_written_once() -> None:
