@@ -30,6 +30,7 @@ from harken.engine.leveling import level_speech, speech_level_db
 from harken.engine.longform import (
     _follows_on,
     _in_order,
+    _LastWords,
     _made_up,
     _PieceReader,
     _unheard,
@@ -733,13 +734,16 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     model = Prompted()
     options = TranscriptionOptions(language="en", prompt="Harken.")
     reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
-    _, segments = reader.start(first)
+    first_words = _LastWords()
+    _, segments = reader.start(first, None, first_words)
     rest = iter([follows, after_pauses, follows_too])
-    texts = [s.text for s in _in_order(reader, first, segments, rest, lambda: False, 3)]
+    in_order = _in_order(reader, (first, first_words), segments, rest, lambda: False, 3)
+    texts = [s.text for s in in_order]
     assert model.prompts[5] == "Harken."
     assert model.prompts[36] == "Harken. Call 1 ends."
     assert model.prompts[37] == "Harken."
-    # The pieces' texts in order; the last piece was read after the one before it was over.
+    # The pieces' texts in order; the last piece was read after the model had read the one
+    # before it.
     assert texts[:2] == [" Call 1 begins.", " Call 1 ends."] and len(texts) == 8
     assert texts[6:] == [" Call 4 begins.", " Call 4 ends."]
     assert model.prompts[18] == "Harken." + texts[5]

@@ -174,11 +174,12 @@ def transcribe_long(
         return Transcription(info=info, segments=iter(()))
 
     reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
-    detected, segments = reader.start(first)
+    last_words = _LastWords()
+    detected, segments = reader.start(first, None, last_words)
     info = dataclasses.replace(detected, duration=duration)
     reader.options = dataclasses.replace(options, language=options.language or info.language)
     parallel = parallel_pieces(transcriber)
-    stream = _in_order(reader, first, segments, pieces, should_stop, parallel)
+    stream = _in_order(reader, (first, last_words), segments, pieces, should_stop, parallel)
     script = options.chinese_script or "simplified"
     if converts(info.language, script):
         stream = (convert_segment(segment, script) for segment in stream)
@@ -215,16 +216,20 @@ class _PieceReader:
         (the engine's schedule), or only at the one the caller chose."""
         return self.options.temperature is None
 
-    def read(self, piece: Piece, before: str | None = None) -> Iterator[Segment]:
-        _, segments = self.start(piece, before)
+    def read(
+        self, piece: Piece, before: str | None = None, last: _LastWords | None = None
+    ) -> Iterator[Segment]:
+        _, segments = self.start(piece, before, last)
         return segments
 
     def start(
-        self, piece: Piece, before: str | None = None
+        self, piece: Piece, before: str | None = None, last: _LastWords | None = None
     ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
         """Start reading: the info (language) once known, and the piece's segments as they
         are read. `before`: the text said just before the piece (see `_follows_on`), given
-        to its first window as the words before it, after the caller's prompt."""
+        to its first window as the words before it, after the caller's prompt. `last` is
+        told the piece's last words once the model has read it through: a piece that follows
+        on need not wait for what this one reads again."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
@@ -248,6 +253,8 @@ class _PieceReader:
         unreadable: list[tuple[float, float]] = []
         length = samples.shape[0] / SAMPLE_RATE
         heard = _heard(result.segments, speech, length, unreadable if self.falls_back else None)
+        if last is not None:
+            heard = last.noting(heard)
         if not speech:
             return result.info, final(heard)
         return result.info, final(self._with_unheard(samples, speech, heard, unreadable, options))
@@ -513,7 +520,7 @@ def _moved(segment: Segment, offset: float) -> Segment:
 
 def _in_order(
     reader: _PieceReader,
-    first: Piece,
+    first: tuple[Piece, _LastWords],
     first_segments: Iterator[Segment],
     pieces: Iterator[Piece],
     should_stop: Callable[[], bool],
@@ -523,12 +530,12 @@ def _in_order(
     at once on threads of their own (which stop with the job: they share its cancel scope).
     The piece at the head of the line is streamed as it is read; the others wait their turn.
     A piece that follows on from the one before it (`_follows_on`) is read once that one has
-    been, with its last words."""
+    been read through by the model, with its last words."""
     cancelled = current_cancel_event()
     siblings = SiblingGroup()
     pool: ThreadPoolExecutor | None = None
     pending: collections.deque[Iterator[Segment]] = collections.deque()
-    previous = (first, _LastWords())
+    previous = first
 
     def read(
         piece: Piece, out: queue.SimpleQueue[object], after: _LastWords | None, own: _LastWords
@@ -539,7 +546,7 @@ def _in_order(
                 # Waited for outside the siblings: their batches would wait for this thread.
                 before = after.wait() if after is not None else None
                 with siblings.member():
-                    for segment in own.noting(reader.read(piece, before)):
+                    for segment in reader.read(piece, before, own):
                         out.put(segment)
             out.put(_END)
         except BaseException as exc:
@@ -576,7 +583,7 @@ def _in_order(
 
     try:
         # Before the others start: the first text is not held back.
-        yield from previous[1].noting(first_segments)
+        yield from first_segments
         fill()
         while pending:
             if should_stop():
@@ -594,9 +601,9 @@ _END = object()  # a piece's reading is over
 
 
 class _LastWords:
-    """The text of a piece's last segment, for the piece that follows on from it; None once
-    the piece is over (or failed, or was stopped) without text. A pool runs pieces in the
-    order they were given, so the piece waited for has always started."""
+    """The text of the last segment the model read in a piece, for the piece that follows on
+    from it; None once the reading is over (or failed, or was stopped) without text. A pool
+    runs pieces in the order they were given, so the piece waited for has always started."""
 
     def __init__(self) -> None:
         self._over = threading.Event()
@@ -632,8 +639,11 @@ def _deferred(
     reader: _PieceReader, piece: Piece, after: _LastWords | None, own: _LastWords
 ) -> Iterator[Segment]:
     """A piece read on this thread once its turn comes (the one before it is over by then)."""
-    before = after.wait() if after is not None else None
-    yield from own.noting(reader.read(piece, before))
+    try:
+        before = after.wait() if after is not None else None
+        yield from reader.read(piece, before, own)
+    finally:
+        own.over()
 
 
 def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:
