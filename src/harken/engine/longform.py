@@ -140,11 +140,11 @@ _MAX_PARALLEL = 8  # pieces of one recording read at once
 # pieces came to 0.98-1.00; speakers taking turns, a telephone line, a music bed, pink noise 20 dB
 # under, reverberation and a music intro: at most 0.96, mostly 0.73-0.89 (held-out recordings
 # built apart from the tests, and the benchmark's). On five recordings with voices behind, reading
-# such pieces after the one before, prompted: WER 38.4% -> 28.2% (voices 10 dB under; raw engine
-# 22.7%), 12.5% -> 10.0% (15 dB), 5.1% -> 4.7% (18 dB), 16.2% -> 17.7% (12 dB; raw 20.4%), 6.5% ->
-# 7.4% (25 dB, three of five pieces; raw 6.5%); 446 word errors -> 396 (63 fewer words written
-# that were not said, 20 more of the speaker's lost); 0.7-1.5x the time (one after another, fewer
-# re-reads).
+# such pieces after the one before, prompted (several runs; Whisper's reading varies from run to
+# run where it is a close call): WER 38.4% -> 28.2% (voices 10 dB under; raw engine 22.7%),
+# 12.5-14.1% -> 10.0% (15 dB; raw 9.6%), 5.1% -> 4.7% (18 dB), 16.2-17.4% -> 17.7-19.5% (12 dB;
+# raw 20.4%), 6.5% -> 7.4-7.8% (25 dB, three of five pieces; raw 6.5%); 0.7-1.9x the time (read
+# one after another; fewer re-reads on some).
 _FOLLOWS_ON_SHARE = 0.98
 
 
