@@ -30,6 +30,7 @@ from harken.engine.leveling import level_speech, speech_level_db
 from harken.engine.longform import (
     _follows_on,
     _in_order,
+    _joined_where_they_follow_on,
     _LastWords,
     _made_up,
     _PieceReader,
@@ -689,6 +690,59 @@ def test_pieces_follow_on_only_where_voices_fill_the_pauses(speech: dict[str, Cl
         pieces = list(plan_pieces(audio, SegmentationOptions()))
         assert len(pieces) >= 4, len(pieces)
         assert {_follows_on(b, a) for a, b in itertools.pairwise(pieces)} == {follow}
+        # After the first (read alone, for the first text), those that follow on are read as
+        # one piece: the audio from the second piece's start to the end, every stretch in it.
+        joined = list(_joined_where_they_follow_on(iter(pieces[1:])))
+        if not follow:
+            assert joined == pieces[1:]
+            continue
+        [one] = joined
+        assert (one.start, one.end) == (pieces[1].start, pieces[-1].end)
+        assert one.speech == tuple(span for piece in pieces[1:] for span in piece.speech)
+        assert one.read == ((one.start, one.end),)  # no pause long enough to be cut
+
+
+def test_talk_over_voices_that_never_stop_is_read_on_as_one_piece(
+    server: Any, speech: dict[str, Clip]
+) -> None:
+    """Where the voices behind never stop, the model reads on from the first piece through one
+    joined piece, as the raw engine reads the file, and loses no clip in front."""
+    pauses = [0.7, 1.2, 0.5, 1.6, 0.9, 1.1] * 2
+    front = ("ls_2412-153948-0000", "ls_1272-141231-0002", "ls_1089-134686-0000",
+             "ls_1995-1837-0001", "librivox_sns01_0870", "ls_1272-128104-0000") * 2  # fmt: skip
+    voices, bed, clips, _ = under_background_talk(speech, pauses, front)
+    read: list[Piece] = []
+    transcriber = server.service._models[TINY].transcriber
+    options = TranscriptionOptions(language="en")
+    result = transcribe_long(transcriber, voices + bed, options, on_piece=read.append)
+    text = "".join(s.text for s in result.segments)
+    assert len(read) == 2 and read[1].end == voices.shape[0], read
+    assert lost(tuple(clips), text) == [], text
+
+
+def test_pieces_that_follow_on_are_joined_up_to_ten_minutes() -> None:
+    """Pieces that follow on are joined while the joined piece spans at most ten minutes; a
+    pause between two joined pieces is read as the planner reads one (a long one is cut)."""
+    minute = 60 * SAMPLE_RATE
+
+    def piece(start: float, end: float) -> Piece:
+        span = (int(start * minute), int(end * minute))
+        return Piece(*span, (span,))
+
+    talk = [piece(k * 2, k * 2 + 2) for k in range(7)]  # 14 minutes of speech, cut every 2
+    joined = list(_joined_where_they_follow_on(iter(talk)))
+    assert [(p.start / minute, p.end / minute) for p in joined] == [(0, 10), (10, 14)]
+    assert joined[0].speech == tuple(s for p in talk[:5] for s in p.speech)
+
+    # A pause between two joined pieces is read as the planner reads one: up to 3 s as it is,
+    # a longer one cut to 2 s.
+    def at(seconds: float) -> int:
+        return int(seconds * SAMPLE_RATE)
+
+    before = Piece(0, at(6), ((0, at(6)),))
+    near, far = (Piece(at(t), at(16), ((at(t), at(16)),)) for t in (8, 10))
+    assert before.joined(near).read == ((0, at(16)),)
+    assert before.joined(far).read == ((0, at(7)), (at(9), at(16)))
 
 
 class Prompted:

@@ -118,6 +118,13 @@ class Piece:
             begin += end - start
         return tuple(spans)
 
+    def joined(self, after: Piece) -> Piece:
+        """This piece and the one after it read as one, the pause between them read as the
+        planner reads a pause (`plan_pieces`)."""
+        first, *rest = after.read
+        parts = (*_with_pause(self.read, *first), *rest)
+        return Piece(self.start, after.end, (*self.speech, *after.speech), parts)
+
     def samples(self, audio: np.ndarray) -> np.ndarray:
         """The piece's audio, its parts joined (a view when it has only one)."""
         if len(self.read) == 1:
@@ -159,8 +166,6 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
     # 1.5x the raw engine's time, in 30 s pieces 1.1x.
     piece_seconds = max(WINDOW_SECONDS, total / SAMPLE_RATE / _PIECES_AT_LEAST)
     max_piece = int(min(options.max_piece_seconds, piece_seconds) * SAMPLE_RATE)
-    max_gap = int(_MAX_GAP_SECONDS * SAMPLE_RATE)
-    kept_pause = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE)
     # A stretch of speech never exceeds one window (nor one piece) once padded.
     longest = min(max_piece, int(WINDOW_SECONDS * SAMPLE_RATE))
     speech = SpeechDetector(
@@ -178,12 +183,7 @@ def plan_pieces(audio: np.ndarray, options: SegmentationOptions) -> Iterator[Pie
     current: Piece | None = None
     for start, end in spans:
         if current is not None:
-            parts = current.read
-            if start - current.end <= max_gap:  # the pause is read
-                parts = (*parts[:-1], (parts[-1][0], end))
-            else:
-                (part_start, part_end), keep = parts[-1], kept_pause // 2
-                parts = (*parts[:-1], (part_start, part_end + keep), (start - keep, end))
+            parts = _with_pause(current.read, start, end)
             if sum(b - a for a, b in parts) <= max_piece:
                 current = Piece(current.start, end, (*current.speech, (start, end)), parts)
                 continue
@@ -356,6 +356,18 @@ def _quietest(audio: np.ndarray, begin: int, end: int, frames: int = 5) -> int:
     energy = np.mean(samples[: count * frame].reshape(count, frame) ** 2, axis=1)
     smoothed = np.convolve(energy, np.ones(frames), mode="valid")
     return begin + (int(np.argmin(smoothed)) + frames // 2) * frame + frame // 2
+
+
+def _with_pause(
+    parts: tuple[tuple[int, int], ...], start: int, end: int
+) -> tuple[tuple[int, int], ...]:
+    """`parts` followed by the span [start, end) after a pause: a pause of up to
+    `_MAX_GAP_SECONDS` is read as it is, of a longer one `_KEPT_PAUSE_SECONDS` are kept."""
+    (last_start, last_end), before = parts[-1], parts[:-1]
+    if start - last_end <= _MAX_GAP_SECONDS * SAMPLE_RATE:
+        return (*before, (last_start, end))
+    keep = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE) // 2
+    return (*before, (last_start, last_end + keep), (start - keep, end))
 
 
 def _fixed_pieces(audio: np.ndarray, window_seconds: float) -> Iterator[Piece]:
