@@ -11,8 +11,9 @@ Recordings, made in a temporary folder from the speech set:
 - `--phone`: the same clips as `--turns` in two shuffled orders over a telephone line
   (300-3400 Hz, hiss under everything), 0.3-1.2 s apart, as MP3 at 24 kbps: speech to which
   Silero VAD gives low probabilities.
-- `--background`: forty English clips 0.4-1.5 s apart over talk in the background that never
-  stops (the other clips, 18 dB under the speaker), FLAC: only the speaker is in the reference.
+- `--background [DB ...]`: forty English clips 0.4-1.5 s apart over talk in the background that
+  never stops (the other clips, 18 dB under the speaker, or each DB given), FLAC: only the
+  speaker is in the reference.
 
 Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
@@ -27,7 +28,8 @@ Each is transcribed three ways, each in a fresh process so that peak memory is i
 Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
-        [--turns] [--levels] [--phone] [--background] [--harken-only] [--no-vad-row] [--keep DIR]
+        [--turns] [--levels] [--phone] [--background [DB ...]] [--harken-only] [--no-vad-row]
+        [--keep DIR]
 """
 
 from __future__ import annotations
@@ -274,9 +276,10 @@ def make_phone(folder: Path) -> tuple[Path, str, float]:
     return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
 
 
-def make_background(folder: Path) -> tuple[Path, str, float]:
-    """Forty English clips at -24 dB, 0.4-1.5 s apart, over a bed of the other clips at -42 dB
-    that never stops (talk in the background), FLAC. The reference is the speaker's text."""
+def make_background(folder: Path, under_db: float = 18.0) -> tuple[Path, str, float]:
+    """Forty English clips at -24 dB, 0.4-1.5 s apart, over a bed of the other clips `under_db`
+    under them (-42 dB by default) that never stops (talk in the background), FLAC. The
+    reference is the speaker's text."""
     from harken.audio import decode_audio
     from tests.test_hard_audio import encode, levelled
 
@@ -289,9 +292,9 @@ def make_background(folder: Path) -> tuple[Path, str, float]:
         parts += [levelled(decode_audio(clip.bytes()), -24.0),
                   np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
     voices = np.concatenate(parts)
-    bed = np.concatenate([levelled(decode_audio(c.bytes()), -42.0) for c in english])
+    bed = np.concatenate([levelled(decode_audio(c.bytes()), -24.0 - under_db) for c in english])
     bed = np.tile(bed, voices.shape[0] // bed.shape[0] + 1)[: voices.shape[0]]
-    path = folder / "background.flac"
+    path = folder / f"background-{under_db:g}dB.flac"
     encode(voices + bed, path)
     return path, " ".join(c.text for c in front), recording_seconds(path)
 
@@ -310,7 +313,11 @@ def main() -> None:
     parser.add_argument("--levels", action="store_true", help="the level-change file")
     parser.add_argument("--phone", action="store_true", help="the telephone-band file")
     parser.add_argument(
-        "--background", action="store_true", help="a speaker over talk in the background"
+        "--background",
+        type=float,
+        nargs="*",
+        metavar="DB",
+        help="a speaker over talk in the background, DB under the speaker (default 18)",
     )
     parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
     parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
@@ -341,8 +348,10 @@ def main() -> None:
         recordings.append(("levels", *make_levels(folder)))
     if args.phone:
         recordings.append(("phone", *make_phone(folder)))
-    if args.background:
-        recordings.append(("background", *make_background(folder)))
+    # `--background` alone: the 18 dB recording; None: not asked for.
+    for under_db in [18.0] if args.background == [] else args.background or []:
+        name = "background" if under_db == 18.0 else f"background {under_db:g} dB"
+        recordings.append((name, *make_background(folder, under_db)))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
