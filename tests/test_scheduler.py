@@ -61,7 +61,7 @@ def wait_until(condition: Any, timeout: float = 60.0) -> None:
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
     weights = packaged_tiny_en(Settings(home=tmp_path_factory.mktemp("home")))
     raw = FasterWhisperTranscriber("raw", weights, device="cpu", cpu_threads=2, batch_size=1)
-    batched = FasterWhisperTranscriber(  # the server's defaults: two workers, batches of 8
+    batched = FasterWhisperTranscriber(  # two workers (a setting), batches of 8
         "batched", weights, device="cpu", cpu_threads=2, batch_size=8, max_concurrency=2
     )
     assert raw.batcher is None and batched.batcher is not None

@@ -113,7 +113,7 @@ def serve(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Default model (default: whisper-base)")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Model workers (default: 2)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Model workers (default: 1)")] = None,
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Allow a non-loopback bind with no keys")
     ] = False,

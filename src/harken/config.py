@@ -152,7 +152,10 @@ class Settings(BaseSettings):
     realtime_client_secret_seconds: int = Field(default=600, ge=10, le=7200)
 
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
-    workers: int = Field(default=2, ge=1)  # model workers; each runs one (batched) call at a time
+    # Model workers (CTranslate2 replicas of one copy of the weights); each runs one (batched)
+    # call at a time. One of every core measured faster than two alone and on a long recording,
+    # and as fast under load (README "Why these defaults").
+    workers: int = Field(default=1, ge=1)
     threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (0: every core) per worker
     batch_size: int = Field(default=8, ge=1)  # windows of different requests per model call; 1: off
     max_active: int = Field(default=0, ge=0)  # requests decoding at once; 0: workers × batch_size

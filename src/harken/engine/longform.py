@@ -48,8 +48,10 @@ speech; the others keep the same order in the stream. The piece at the head of t
 as it is read, in step with the others: when it read at its own pace, its beam searches ran beside
 the others' batch on the same cores, and the batch was often left to the wait's end, split (11
 minutes of turns: 12 of 30 windows searched alone; in step, 3). With prompts of Whisper's own
-length (fewer meet in a batch) the README's last run measured 0.79x on the hour and 1.03x on the
-turns ("Long recordings"; `benchmarks/long_calls.py` shows where the time goes).
+length (fewer meet in a batch) the README's last run measured 0.79x on the hour and 0.99x on the
+turns with one model worker, 1.03x on the turns with two ("Long recordings"; two workers of every
+core each put four OpenMP threads on two cores; `benchmarks/long_calls.py` shows where the time
+goes).
 """
 
 from __future__ import annotations

@@ -87,8 +87,9 @@ class FasterWhisperTranscriber:
         self.compute_type = pick_compute_type(self.device, compute_type)
         self.beam_size = beam_size
         self.max_concurrency = max(1, max_concurrency)
-        # Every worker may use every core: a lone request then runs at full speed, and under
-        # load two workers sharing the cores measured no slower than splitting them.
+        # Every worker may use every core by default, so that a lone request runs at full
+        # speed; workers of one core each do more under load of short requests (README, "Why
+        # these defaults").
         threads = threads_per_worker or cpu_threads or os.cpu_count() or 1
         self._model = WhisperModel(
             str(weights),
