@@ -82,7 +82,8 @@ class RealtimeState:
     def __init__(self, settings: Settings) -> None:
         self.sessions = 0
         self.secrets = ClientSecrets()
-        self.partial_slots = PartialSlots(settings.workers)
+        # Two drafts at once (they share one batched model call), or one per worker beyond.
+        self.partial_slots = PartialSlots(max(2, settings.workers))
 
 
 def realtime_state(app: Any) -> RealtimeState:
