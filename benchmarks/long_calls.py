@@ -57,7 +57,7 @@ class CallClock:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-base")
-    parser.add_argument("--workers", type=int, default=1, help="model workers (server: 2)")
+    parser.add_argument("--workers", type=int, default=1, help="model workers (server: 1)")
     parser.add_argument("--turns", action="store_true", help="the short-pause, many-speaker file")
     parser.add_argument("--phone", action="store_true", help="the telephone-band file")
     parser.add_argument("--levels", action="store_true", help="the level-change file")
