@@ -153,8 +153,8 @@ class Settings(BaseSettings):
 
     # --- scheduling (defaults measured with benchmarks/load.py; README "Why these defaults")
     # Model workers (CTranslate2 replicas of one copy of the weights); each runs one (batched)
-    # call at a time. One of every core measured faster than two alone and on a long recording,
-    # and as fast under load (README "Why these defaults").
+    # call at a time. One of every core measured faster than two on a long recording alone, as
+    # fast on a short one, and within 5% under load of 16 clients (README "Why these defaults").
     workers: int = Field(default=1, ge=1)
     threads_per_worker: int = Field(default=0, ge=0)  # 0: cpu_threads (0: every core) per worker
     batch_size: int = Field(default=8, ge=1)  # windows of different requests per model call; 1: off
