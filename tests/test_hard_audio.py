@@ -26,7 +26,7 @@ import pytest
 from harken import evaluation
 from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
-from harken.engine.leveling import level_speech, speech_level_db
+from harken.engine.leveling import level_speech, speech_level_db, turn_down_behind
 from harken.engine.longform import (
     _follows_on,
     _in_order,
@@ -413,6 +413,34 @@ def test_levelling_lifts_quiet_stretches_within_bounds() -> None:
     assert np.abs(lifted).max() <= 0.95 + 1e-6
 
 
+def test_voices_behind_are_turned_down_against_the_speech_around_them() -> None:
+    """What is more than 12 dB under the loudest speech within 15 s is turned down 30 dB: the
+    voices behind in a speaker's pauses, even where VAD made a stretch of them alone; a quieter
+    speaker further away keeps their level, and so does the speaker, soft edges and all."""
+    rng = np.random.default_rng(2)
+
+    def talk(seconds: float, decibels: float) -> np.ndarray:
+        return levelled(rng.standard_normal(int(seconds * SAMPLE_RATE)).astype(np.float32),
+                        decibels)  # fmt: skip
+
+    # The speaker, a second of the voices behind alone, the speaker, ten seconds of the voices
+    # alone, a pause nobody speaks in, and a quieter speaker 22 s after the first.
+    parts = [talk(4, -20), talk(1, -40), talk(4, -20), talk(10, -45), talk(12, -60), talk(4, -34)]
+    samples = np.concatenate(parts)
+    bounds = np.cumsum([0, *(p.shape[0] for p in parts)])
+    spans = list(itertools.pairwise(int(b) for b in bounds))
+    speech = spans[:4] + spans[5:]  # each part a stretch of its own
+    out = turn_down_behind(samples, speech, 12.0, 30.0)
+
+    def level(index: int) -> float:  # the part's middle, clear of the gain's ramps
+        a, b = spans[index]
+        return speech_level_db(out[a + SAMPLE_RATE // 4 : b - SAMPLE_RATE // 4])
+
+    assert [round(level(i)) for i in (0, 1, 2, 3, 5)] == [-20, -70, -20, -75, -34]
+    assert np.array_equal(out[bounds[5] :], samples[bounds[5] :])
+    assert turn_down_behind(samples, [], 12.0, 30.0) is samples
+
+
 def segment(start: float, end: float, text: str, **extra: Any) -> Segment:
     return Segment(id=0, seek=0, start=start, end=end, text=text, **extra)
 
@@ -706,18 +734,46 @@ def test_talk_over_voices_that_never_stop_is_read_on_as_one_piece(
     server: Any, speech: dict[str, Clip]
 ) -> None:
     """Where the voices behind never stop, the model reads on from the first piece through one
-    joined piece, as the raw engine reads the file, and loses no clip in front."""
+    joined piece, as the raw engine reads the file, and loses no clip in front. Both pieces
+    are read with the voices behind turned down in the speaker's pauses."""
     pauses = [0.7, 1.2, 0.5, 1.6, 0.9, 1.1] * 2
     front = ("ls_2412-153948-0000", "ls_1272-141231-0002", "ls_1089-134686-0000",
              "ls_1995-1837-0001", "librivox_sns01_0870", "ls_1272-128104-0000") * 2  # fmt: skip
     voices, bed, clips, _ = under_background_talk(speech, pauses, front)
     read: list[Piece] = []
-    transcriber = server.service._models[TINY].transcriber
+    model = server.service._models[TINY].transcriber
+    heard: list[np.ndarray] = []
+
+    class Heard:  # the model, noting the audio of each reading
+        parallel_windows = model.parallel_windows
+        count_tokens = staticmethod(model.count_tokens)
+
+        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+            heard.append(samples)
+            return model.transcribe(samples, options)
+
     options = TranscriptionOptions(language="en")
-    result = transcribe_long(transcriber, voices + bed, options, on_piece=read.append)
+    audio = voices + bed
+    result = transcribe_long(Heard(), audio, options, on_piece=read.append)  # type: ignore[arg-type]
     text = "".join(s.text for s in result.segments)
     assert len(read) == 2 and read[1].end == voices.shape[0], read
     assert lost(tuple(clips), text) == [], text
+    # The speaker's pauses, where only the voices behind (18 dB under on the whole, some
+    # syllables less) are heard, as each piece's reading heard them: most 20 ms frames turned
+    # down by 30 dB, those within 12 dB of the speaker (and 60 ms around them) left as they are.
+    ends = np.cumsum([decode_audio(c.bytes()).shape[0] + int(p * SAMPLE_RATE)
+                      for c, p in zip(clips, pauses, strict=True)])  # fmt: skip
+    frame = SAMPLE_RATE // 50
+    for piece in read:
+        [samples] = [h for h in heard if h.shape[0] == piece.end - piece.start]
+        down = []
+        for end, pause in zip(ends, pauses, strict=True):
+            start = end - int(pause * SAMPLE_RATE) + SAMPLE_RATE // 10  # clear of the words
+            if piece.start < start and end < piece.end:
+                for at in range(start, end - SAMPLE_RATE // 10, frame):
+                    was = speech_level_db(audio[at : at + frame])
+                    down.append(speech_level_db(samples[at - piece.start :][:frame]) - was)
+        assert len(down) >= 20 and np.median(down) == pytest.approx(-30, abs=0.5), piece
 
 
 def test_pieces_that_follow_on_are_joined_up_to_ten_minutes() -> None:
@@ -753,14 +809,16 @@ class Prompted:
 
     def __init__(self) -> None:
         self.prompts: dict[int, str | None] = {}
+        self.heard: dict[int, np.ndarray] = {}
         self.lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
         seconds = samples.shape[0] / SAMPLE_RATE
         with self.lock:
             self.prompts[round(seconds)] = options.prompt
+            self.heard[round(seconds)] = samples
             call = len(self.prompts)
-        time.sleep(0.05)  # the others have time to overtake it
+        time.sleep(0.2)  # the others have time to overtake it (and to turn voices down)
         said = [spoken(0.0, seconds / 2, f" Call {call} begins."),
                 spoken(seconds / 2, seconds, f" Call {call} ends.")]  # fmt: skip
         return Transcription(TranscriptionInfo("en", 1.0, seconds), iter(said))
@@ -772,8 +830,11 @@ class Prompted:
 def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     """A piece cut from the one before it where VAD heard no pause (voices behind the speaker
     fill every pause) is read once that one has been, its first window prompted with the last
-    words before it, after the caller's prompt; the others are read side by side, without."""
+    words before it, after the caller's prompt, and with what is far quieter than the speaker
+    (the voices behind) turned down; the others are read side by side, without, as they are."""
     audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
+    for start in (20, 50):  # a second 20 dB under the speaker
+        audio[start * SAMPLE_RATE : (start + 1) * SAMPLE_RATE] *= np.float32(0.1)
 
     def piece(*stretches: tuple[int, int]) -> Piece:
         spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
@@ -801,6 +862,16 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     assert texts[:2] == [" Call 1 begins.", " Call 1 ends."] and len(texts) == 8
     assert texts[6:] == [" Call 4 begins.", " Call 4 ends."]
     assert model.prompts[18] == "Harken." + texts[5]
+
+    def level(samples: np.ndarray, second: float) -> float:  # dB, the middle of one second
+        middle = samples[int((second + 0.2) * SAMPLE_RATE) : int((second + 0.8) * SAMPLE_RATE)]
+        return float(10 * np.log10(np.mean(np.square(middle))))
+
+    # 20 dB under the speech around it, and so turned down 30 dB more where the piece follows
+    # on (the 36 s piece begins at 5 s, the 37 s one at 43 s).
+    assert level(model.heard[36], 15) == pytest.approx(level(audio, 20) - 30, abs=1)
+    assert level(model.heard[36], 5) == pytest.approx(level(audio, 10), abs=0.01)
+    assert level(model.heard[37], 7) == pytest.approx(level(audio, 50), abs=0.01)
 
 
 def test_a_passage_written_twice_is_written_once() -> None:

@@ -27,6 +27,7 @@ _PEAK = 0.95  # a lifted stretch's loudest sample stays below this
 _FRAME = SAMPLE_RATE // 50  # 20 ms
 _RAMP = SAMPLE_RATE // 20  # 50 ms: the shortest change of gain, where two stretches touch
 _HOLD = 3  # frames (60 ms) either side of a loud frame that `turn_down_below` leaves as they are
+_AROUND = 15 * SAMPLE_RATE  # `turn_down_behind` judges a moment against the speech this near it
 
 
 def speech_level_db(samples: np.ndarray) -> float:
@@ -49,22 +50,43 @@ def seconds_at_level(samples: np.ndarray, level_db: float, within_db: float) -> 
 
 
 def turn_down_below(
-    samples: np.ndarray, level_db: float, below_db: float, by_db: float
+    samples: np.ndarray, level_db: float | np.ndarray, below_db: float, by_db: float
 ) -> np.ndarray:
-    """`samples` (float32) with what is more than `below_db` under `level_db` turned down by
-    `by_db`: the voices behind a speaker, in the speaker's pauses. A frame counts as loud
-    while a loud one is within `_HOLD` of it, so the soft starts and ends of words keep their
-    level; the gain changes linearly from one frame's middle to the next."""
+    """`samples` (float32) with what is more than `below_db` under `level_db` (one level, or
+    one for each 20 ms frame, the last one partial) turned down by `by_db`: the voices behind
+    a speaker, in the speaker's pauses. A frame counts as loud while a loud one is within
+    `_HOLD` of it, so the soft starts and ends of words keep their level; the gain changes
+    linearly from one frame's middle to the next."""
     powers = _frame_powers(np.pad(samples, (0, -samples.shape[0] % _FRAME)))
     if powers.size == 0:
         return samples
-    loud = 10.0 * np.log10(powers + 1e-12) >= level_db - below_db
+    loud = 10.0 * np.log10(powers + 1e-12) >= np.asarray(level_db) - below_db
     held = np.convolve(loud, np.ones(2 * _HOLD + 1), mode="same") > 0
     if held.all():
         return samples
     middles = np.arange(held.shape[0]) * _FRAME + _FRAME / 2
     gain_db = np.interp(np.arange(samples.shape[0]), middles, np.where(held, 0.0, -by_db))
     return samples * np.power(10.0, gain_db / 20.0).astype(np.float32)
+
+
+def turn_down_behind(
+    samples: np.ndarray, speech: Sequence[tuple[int, int]], below_db: float, by_db: float
+) -> np.ndarray:
+    """`samples` (float32) with what is more than `below_db` under the speech around it turned
+    down by `by_db` (see `turn_down_below`): at each moment, the level of the loudest stretch
+    of `speech` (sample spans) within `_AROUND` of it (half a window either side, what Whisper
+    hears beside it). Not the stretch a moment lies in: where voices behind fill a speaker's
+    pauses, VAD makes stretches of them alone, and each would be judged against itself. Not
+    the whole piece's loudest either: a quieter speaker minutes later keeps their words."""
+    count = -(-samples.shape[0] // _FRAME)
+    if not speech or count == 0:
+        return samples
+    around = _AROUND // _FRAME
+    levels = np.full(count, -np.inf)
+    for start, end in speech:
+        frames = slice(max(0, start // _FRAME - around), -(-end // _FRAME) + around)
+        levels[frames] = np.maximum(levels[frames], speech_level_db(samples[start:end]))
+    return turn_down_below(samples, levels, below_db, by_db)
 
 
 def _frame_powers(samples: np.ndarray) -> np.ndarray:
