@@ -269,7 +269,8 @@ class _PieceReader:
         are read. `before`: the text said just before the piece (see `_follows_on`), given
         to its first window as the words before it, after the caller's prompt. `last` is
         told the piece's last words once the model has read it through: a piece that follows
-        on need not wait for what this one reads again."""
+        on need not wait for what this one reads again. `behind`: voices behind the speaker
+        fill the piece's pauses; they are turned down before it is read (`turn_down_behind`)."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
