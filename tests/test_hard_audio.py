@@ -386,6 +386,77 @@ def test_speech_without_a_pause_is_cut_where_it_is_quietest(speech: dict[str, Cl
     assert in_words == []
 
 
+# --- sound VAD does not take for speech
+def reverberant(samples: np.ndarray, seconds: float = 0.6) -> np.ndarray:
+    """`samples` as a far microphone in a hall hears them: the sound's tail (decaying by 60 dB
+    in `seconds`) far louder than the sound itself, levelled to -23 dB."""
+    rng = np.random.default_rng(3)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    tail = rng.normal(0, 1, t.shape[0]) * np.exp(-6.9 * t / seconds)
+    tail[0] = 0.0
+    room = np.convolve(samples, tail)[: samples.shape[0] + t.shape[0]]
+    return levelled(room.astype(np.float32), -23.0)
+
+
+def between_two_speakers(speech: dict[str, Clip], middle: np.ndarray) -> tuple[np.ndarray, int]:
+    """Two clips at -23 dB with `middle` between them, 0.6 s apart (38 s), and where `middle`
+    starts."""
+    pause = np.zeros(int(0.6 * SAMPLE_RATE), dtype=np.float32)
+    first, last = (
+        levelled(decode_audio(speech[name].bytes()), -23.0)
+        for name in ("ls_2412-153948-0000", "ls_1272-141231-0002")
+    )
+    parts = [pause, first, pause, middle, pause, last, pause]
+    return np.concatenate(parts), 2 * pause.shape[0] + first.shape[0]
+
+
+def read_spans(pieces: Iterator[Piece], total: int, speech_only: bool = False) -> np.ndarray:
+    """Per sample: whether a piece reads it (`speech_only`: whether VAD took it for speech)."""
+    read = np.zeros(total, dtype=bool)
+    for piece in pieces:
+        for start, end in piece.speech if speech_only else piece.read:
+            read[start:end] = True
+    return read
+
+
+def test_speech_vad_does_not_hear_is_read(openai_client: Any, speech: dict[str, Clip]) -> None:
+    """Silero gives reverberant speech low probabilities; what the plan took for a long pause
+    between two speakers was cut out unread. Sound in a pause at the level of the speech
+    beside it is read, so the far speaker's words are there."""
+    kennedy = speech["jfk_inaugural_1961"]
+    far = reverberant(decode_audio(kennedy.bytes()))
+    audio, start = between_two_speakers(speech, far)
+    voiced = loud_frames(far)
+    heard = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0], True)
+    assert heard[start : start + voiced.shape[0]][voiced].mean() < 0.5  # VAD heard little of it
+    read = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0])
+    assert read[start : start + voiced.shape[0]][voiced].mean() > 0.95
+    text = openai_client.audio.transcriptions.create(
+        model=TINY, file=("far.wav", wav_bytes(audio)), language="en", response_format="text"
+    )
+    assert "ask not what your country can do for you" in normalize_text(str(text))
+
+
+def test_quiet_sound_and_music_in_a_pause_are_left_out(speech: dict[str, Clip]) -> None:
+    """What the plan reads of a pause VAD heard no one in: the far speaker of the test above
+    20 dB under the speakers beside it (sound that quiet is the room's), and a chord at their
+    level (VAD gave it no chance of being speech) are cut as any long pause is, to 2 s; the far
+    speaker at their level is read whole."""
+    far = reverberant(decode_audio(speech["jfk_inaugural_1961"].bytes()))
+    seconds = np.arange(far.shape[0]) / SAMPLE_RATE
+    chord = sum(np.sin(2 * np.pi * 131 * ratio * seconds) for ratio in (1, 1.25, 1.5, 2))
+    pauses = {
+        "far speaker 20 dB under": (far * np.float32(0.1), True),
+        "chord": (levelled(chord.astype(np.float32), -23.0), True),
+        "far speaker": (far, False),
+    }
+    for name, (middle, cut) in pauses.items():
+        audio, start = between_two_speakers(speech, middle)
+        read = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0])
+        unread = (middle.shape[0] - int(read[start : start + middle.shape[0]].sum())) / SAMPLE_RATE
+        assert (unread > 7.0) is cut, (name, unread)
+
+
 # --- levelling, the loop guard and the re-read rule, on their own
 def test_levelling_lifts_quiet_stretches_within_bounds() -> None:
     rng = np.random.default_rng(1)
@@ -474,7 +545,7 @@ def test_text_the_model_made_up_is_dropped() -> None:
     # apart from the tests): 14 words faster than anyone speaks.
     repeated = " Thou art now the world's fresh ornament, and tender churl makes waste in"
     assert _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.92), speech)
-    assert _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.92), ())  # VAD not asked
+    assert _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.92), None)  # VAD not asked
     # The same words at a pace people speak, or where the model heard speech: kept.
     assert not _made_up(segment(0.0, 4.9, repeated, no_speech_prob=0.92), speech)
     assert not _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.1), speech)

@@ -49,6 +49,18 @@ def seconds_at_level(samples: np.ndarray, level_db: float, within_db: float) -> 
     return float(np.count_nonzero(decibels >= level_db - within_db)) * _FRAME / SAMPLE_RATE
 
 
+def span_at_level(
+    samples: np.ndarray, level_db: float, within_db: float, at_least: float
+) -> tuple[int, int] | None:
+    """From the first to the last 20 ms frame of `samples` no more than `within_db` under
+    `level_db` (sample offsets), if at least `at_least` seconds of frames are; else None."""
+    decibels = 10.0 * np.log10(_frame_powers(samples) + 1e-12)
+    loud = np.flatnonzero(decibels >= level_db - within_db)
+    if loud.shape[0] * _FRAME < at_least * SAMPLE_RATE:
+        return None
+    return int(loud[0]) * _FRAME, int(loud[-1] + 1) * _FRAME
+
+
 def turn_down_below(
     samples: np.ndarray, level_db: float | np.ndarray, below_db: float, by_db: float
 ) -> np.ndarray:

@@ -295,30 +295,35 @@ class _PieceReader:
         # Made-up text goes before the coverage check: it must not pass for the speech it hides.
         unreadable: list[tuple[float, float]] = []
         length = samples.shape[0] / SAMPLE_RATE
-        heard = _heard(result.segments, speech, length, unreadable if self.falls_back else None)
+        listened = speech if speech or piece.sound else None  # no VAD: neither
+        heard = _heard(result.segments, listened, length, unreadable if self.falls_back else None)
         if last is not None:
             heard = last.noting(heard)
         if not speech:
             return result.info, final(heard)
-        return result.info, final(self._with_unheard(samples, speech, heard, unreadable, options))
+        sound = piece.local_sound()
+        with_unheard = self._with_unheard(samples, speech, sound, heard, unreadable, options)
+        return result.info, final(with_unheard)
 
     def _with_unheard(
         self,
         samples: np.ndarray,
         speech: tuple[tuple[int, int], ...],
+        sound: tuple[tuple[int, int], ...],
         segments: Iterator[Segment],
         unreadable: list[tuple[float, float]],
         options: TranscriptionOptions,
     ) -> Iterator[Segment]:
-        """The segments, with those of each stretch of speech they left out read again on its
-        own and put in time order among them. A stretch is judged once the text has gone past
+        """The segments, with those of each stretch of speech (or of `sound`, what the plan
+        reads as speech, see `Piece.sound`) they left out read again on its own and put in
+        time order among them. A stretch is judged once the text has gone past
         it (Whisper reads forward); a segment comes once no stretch before it is left to judge
         (at once, unless it reaches into a stretch not yet judged). What lies in `unreadable`
         (windows the model could not read at any temperature, filled in as the segments come)
         is not read again: alone, it gives the model nothing more."""
         heard: list[Segment] = []
         held: list[Segment] = []  # in time order
-        waiting = list(speech)
+        waiting = sorted((*speech, *sound))
         length = samples.shape[0] / SAMPLE_RATE
 
         def settled() -> Iterator[Segment]:
@@ -337,20 +342,22 @@ class _PieceReader:
             while passed < len(waiting) and waiting[passed][1] / SAMPLE_RATE <= segment.start:
                 passed += 1
             if passed:
+                stretches = waiting[:passed]
                 self._read_again(
-                    samples, waiting[:passed], heard, unreadable, held, length, options
+                    samples, stretches, sound, heard, unreadable, held, length, options
                 )
                 del waiting[:passed]
             heard.append(segment)
             bisect.insort(held, segment, key=_start)
             yield from settled()
-        self._read_again(samples, waiting, heard, unreadable, held, length, options)
+        self._read_again(samples, waiting, sound, heard, unreadable, held, length, options)
         yield from held
 
     def _read_again(
         self,
         samples: np.ndarray,
         stretches: list[tuple[int, int]],
+        sound: tuple[tuple[int, int], ...],
         heard: list[Segment],
         unreadable: list[tuple[float, float]],
         held: list[Segment],
@@ -360,10 +367,12 @@ class _PieceReader:
         """Reads again what the text left out of `stretches`, into `held` (in time order). A
         held segment with a word stretched over the speech left out is read again with it, in
         place of it: its times spanned speech it skipped, so its text belongs after that
-        speech's, or before, and only a reading of both can tell."""
-        speech = tuple(stretches)
+        speech's, or before, and only a reading of both can tell. Those of `stretches` that are
+        in `sound` are not speech to `_made_up`: what the model wrote over them while doubting
+        there was speech is dropped, as over any pause."""
+        speech = tuple(stretch for stretch in stretches if stretch not in sound)
         read_until = 0.0
-        for start, end in _unheard(speech, heard, length, unreadable):
+        for start, end in _unheard(tuple(stretches), heard, length, unreadable):
             if end <= read_until:
                 continue  # read with a segment it hid
             level = _level_around(samples, (start, end), stretches)
@@ -478,10 +487,10 @@ def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[fl
     return [(x, y) for x, y in ((a, c), (d, b)) if y > x]
 
 
-def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...]) -> bool:
+def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...] | None) -> bool:
     """Whether Whisper wrote the segment without hearing it: the model itself doubted the
-    window held speech, and the segment lies over no speech VAD found (none found: not known),
-    or it has several words said faster than anyone speaks."""
+    window held speech, and the segment lies over no speech VAD found (None: VAD was not
+    asked), or it has several words said faster than anyone speaks."""
     if segment.no_speech_prob < _NO_SPEECH:
         return False
     words = len(_WORD.findall(segment.text))
@@ -489,16 +498,17 @@ def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...]) -> bool:
     if words >= _LOOP_WORDS and words > _FASTEST_WORDS_PER_SECOND * seconds:
         return True
     start, end = segment.start * SAMPLE_RATE, segment.end * SAMPLE_RATE
-    return bool(speech) and not any(a < end and start < b for a, b in speech)
+    return speech is not None and not any(a < end and start < b for a, b in speech)
 
 
 def _heard(
     segments: Iterator[Segment],
-    speech: tuple[tuple[int, int], ...],
+    speech: tuple[tuple[int, int], ...] | None,
     length: float,
     unreadable: list[tuple[float, float]] | None,
 ) -> Iterator[Segment]:
-    """The segments (times in seconds of audio `length` long, in which VAD found `speech`) but
+    """The segments (times in seconds of audio `length` long, in which VAD found `speech`;
+    None: VAD was not asked) but
     those Whisper wrote without hearing them (`_made_up`) and those of a window it could not
     read: one whose reading failed Whisper's checks at every temperature and gave fewer than
     `_SPARSE_WORDS_PER_SECOND` words a second of its speech. The spans of such windows go into
@@ -850,11 +860,13 @@ class _PieceClock:
 
 
 def _pauses(piece: Piece) -> list[tuple[float, float]]:
-    """The pauses between the stretches of speech inside a piece, in seconds of the recording
-    (whether read or left out)."""
+    """The pauses between the stretches of speech (and of sound read as speech) inside a piece,
+    in seconds of the recording (whether read or left out)."""
+    heard = sorted((*piece.speech, *piece.sound))
     return [
         (end / SAMPLE_RATE, start / SAMPLE_RATE)
-        for (_, end), (start, _) in zip(piece.speech, piece.speech[1:], strict=False)
+        for (_, end), (start, _) in itertools.pairwise(heard)
+        if end < start
     ]
 
 

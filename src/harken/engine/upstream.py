@@ -347,8 +347,8 @@ class UpstreamTranscriber:
             text = answer.text.strip()
             if not text:
                 return []
-            speech = piece.local_speech()
-            first, last = (speech[0][0], speech[-1][1]) if speech else (0, piece.end - piece.start)
+            heard = sorted((*piece.local_speech(), *piece.local_sound()))
+            first, last = (heard[0][0], heard[-1][1]) if heard else (0, piece.end - piece.start)
             segments = [
                 Segment(id=0, seek=0, start=first / SAMPLE_RATE, end=last / SAMPLE_RATE, text=text)
             ]
