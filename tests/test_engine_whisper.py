@@ -178,6 +178,46 @@ def test_siblings_beam_searches_run_as_one_batch_per_prompt_length(
     assert seen == {8: [3, 3, 3, 2, 1], 10: [1] * 6}, seen
 
 
+def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A group that cuts previous texts to 3 tokens: prompts with 5 and 7 tokens of it run as
+    # one batch, each with its own last 3; a prompt without previous text is left as it is, and
+    # so are the prompts of a group that does not cut.
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
+    seen: list[list[list[int]]] = []
+
+    class Recorder(_Doubler):
+        def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+            seen.append(sorted(prompts))
+            return super().generate(features, prompts, **options)
+
+    batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, previous_token=0)
+
+    def read(group: SiblingGroup, prompts: list[list[int]]) -> list[list[int]]:
+        joined = threading.Barrier(len(prompts))
+
+        def sibling(prompt: list[int]) -> list[int]:
+            with group.member():
+                joined.wait()
+                features = np.zeros((1, 4, 6), dtype=np.float32)
+                batcher.encode(features)
+                return batcher.generate(features, [prompt])[0]
+
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            return list(pool.map(sibling, prompts))
+
+    try:
+        five, seven = [0, 11, 12, 13, 14, 15, 1, 2], [0, 21, 22, 23, 24, 25, 26, 27, 1, 2]
+        cut = read(SiblingGroup(previous_tokens=3), [five, seven, [1, 2]])
+        assert cut == [[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2], [1, 2]]
+        assert sorted(seen) == [[[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2]], [[1, 2]]]
+        assert read(SiblingGroup(), [five, seven]) == [five, seven]
+    finally:
+        batcher.close()
+
+
 def test_a_sibling_is_waited_for_while_the_model_works_and_not_once_it_is_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -27,13 +27,14 @@ Calls that differ run in separate batches, oldest first.
 Pieces of one long recording read side by side (`SiblingGroup`) are held to one pace instead:
 a sibling's beam search waits until every sibling still reading has one waiting, and those
 whose <|startoftranscript|> sits at the same position run as one batch (the first windows of
-pieces, without previous text, always do). No prompt is changed for it: cutting each batch's
-previous texts to the shortest among them, as before, made the text depend on which siblings
-met, and so on the machine's load (the tests' 10-minute recording, tiny.en: WER 3.9% idle,
-4.3% beside a busy core). Cutting every one to its last 32 tokens made it steady but lost words
-on speakers taking turns (whisper-base: WER 4.3-4.6% against 3.1-3.3% with 64 tokens or more,
-the raw engine 4.1%). Whisper's own previous texts meet in a batch less often; cutting each to
-its last 128 tokens saved 0-7% of the time (README, "Long recordings"). Left alone,
+pieces, without previous text, always do). So that the others do too, a group may cut every
+window's previous text to its last `SiblingGroup.previous_tokens` tokens, whoever it meets:
+cutting each batch's previous texts to the shortest among them, as before, made the text depend
+on which siblings met, and so on the machine's load (the tests' 10-minute recording, tiny.en:
+WER 3.9% idle, 4.3% beside a busy core). Cut to its last 32 tokens, the text lost words on
+speakers taking turns (whisper-base: WER 4.3-4.6% against 3.1-3.3% with 64 tokens or more, the
+raw engine 4.1%); cut to 128, few prompts were that long and 0-7% of the time was saved; 64
+(`longform`) saved 4-20%. Left alone,
 siblings' windows almost never meet and two beam searches run at once on the same cores; at the
 same pace, eight of them cost little more than two. A sibling that is not back is waited for
 while the model is busy (its encoder pass or word alignment may be queued behind the others':
@@ -96,8 +97,11 @@ class SiblingGroup:
     batcher runs together (see the module's docstring). A thread belongs to it inside
     `member()`; one that leaves (its piece read, or cancelled) is no longer waited for."""
 
-    def __init__(self) -> None:
+    def __init__(self, previous_tokens: int | None = None) -> None:
         self.members: set[int] = set()
+        # Each window's previous text is cut to its last this many tokens (None: left as
+        # Whisper gives it), so that the siblings' prompts have one length and meet in a batch.
+        self.previous_tokens = previous_tokens
 
     @contextlib.contextmanager
     def member(self) -> Iterator[None]:
@@ -153,9 +157,11 @@ class BatchingWhisper:
         max_batch: int,
         max_encode_batch: int = 1,
         executors: int = 1,
+        previous_token: int | None = None,
     ) -> None:
         self._model = model
         self.sot_token = sot_token
+        self.previous_token = previous_token  # <|startofprev|>, which opens a previous text
         self.max_batch = max(1, max_batch)
         self.max_encode_batch = max(1, min(max_encode_batch, self.max_batch))
         self.stats = BatchStats()
@@ -194,12 +200,22 @@ class BatchingWhisper:
         if len(prompts) != 1 or options.get("asynchronous"):
             return self._model.generate(features, prompts, **options)
         prompt = list(prompts[0])
-        sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
         siblings = getattr(_local, "siblings", None)
+        if siblings is not None and siblings.previous_tokens is not None:
+            prompt = self._cut(prompt, siblings.previous_tokens)
+        sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)
         position = ("siblings", id(siblings), sot) if siblings is not None else sot
         array = np.asarray(features, dtype=np.float32)
         key = ("generate", position, _freeze(options), array.shape[1])
         return [self._submit(key, (array[0], prompt), siblings)]
+
+    def _cut(self, prompt: list[int], keep: int) -> list[int]:
+        """`prompt` with its previous text (between <|startofprev|> and <|sot|>) cut to its
+        last `keep` tokens."""
+        if not prompt or prompt[0] != self.previous_token or self.sot_token not in prompt:
+            return prompt
+        sot = prompt.index(self.sot_token)
+        return [prompt[0], *prompt[max(1, sot - keep) :]]
 
     def align(
         self, features: Any, start: list[int], tokens: list[list[int]], frames: int, **options: Any
@@ -365,6 +381,7 @@ def install(
         max_batch=max_batch,
         max_encode_batch=max_encode_batch,
         executors=executors,
+        previous_token=whisper_model.hf_tokenizer.token_to_id("<|startofprev|>"),
     )
     whisper_model.model = batching
     return batching
