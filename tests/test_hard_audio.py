@@ -34,6 +34,7 @@ from harken.engine.longform import (
     _LastWords,
     _made_up,
     _PieceReader,
+    _said_alone,
     _unheard,
     _without_loops,
 )
@@ -952,6 +953,34 @@ def test_a_passage_written_twice_is_written_once() -> None:
     kept = [(s.start, s.text) for s in _without_loops(iter(segments))]
     # The loop goes; a short word said twice stays, and so does the passage said again later.
     assert kept == [(0.0, said), (6.0, " Yes."), (7.0, " Yes."), (40.0, said)]
+    # Said again right after itself, where its own audio holds it (`said`): kept; where its
+    # times overlap the first's, the audio cannot hold it twice, whatever `said` finds.
+    asked: list[float] = []
+
+    def found(segment: Segment) -> bool:
+        asked.append(segment.start)
+        return True
+
+    again = [segment(0.0, 3.0, said), segment(3.6, 6.6, said), segment(6.0, 9.0, said)]
+    kept = [(s.start, s.text) for s in _without_loops(iter(again), found)]
+    assert kept == [(0.0, said), (3.6, said)] and asked == [3.6]
+
+
+def test_a_passage_said_twice_is_told_from_a_loop(server: Any, speech: dict[str, Clip]) -> None:
+    """Whether a repeat's own audio holds it, as the model reads it alone: a clip said twice,
+    0.6 s apart, holds it at the second time; the clip after it does not."""
+    pause = np.zeros(int(0.6 * SAMPLE_RATE), dtype=np.float32)
+    wait, cut = (
+        levelled(decode_audio(speech[name].bytes()), -23.0)
+        for name in ("ls_1089-134691-0000", "ls_1272-141231-0002")
+    )
+    audio = np.concatenate([pause, wait, pause, wait, pause, cut, pause])
+    seconds = [part.shape[0] / SAMPLE_RATE for part in (pause, wait, pause, wait, pause, cut)]
+    starts = np.cumsum([0.0, *seconds])
+    said = _said_alone(server.service._models[TINY].transcriber, audio, TranscriptionOptions("en"))
+    text = " He could wait no longer."
+    assert said(segment(starts[3], starts[4], text))
+    assert not said(segment(starts[5], starts[6], text))
 
 
 # --- no speech, no words
