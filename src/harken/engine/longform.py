@@ -155,12 +155,13 @@ _MAX_PARALLEL = 8  # pieces of one recording read at once
 # their previous text, so that their prompts have one length and their beam searches meet in a
 # batch (CTranslate2 batches prompts whose <|startoftranscript|> sits at one position); a
 # window's text is about 60-100 tokens, and Whisper's own prompts, of up to 223, rarely met.
-# Held out (whisper-base, pieces then cut, one process each): 11 min of turns 42.5 -> 34.2 s,
-# 50 -> 48 word errors (raw engine 37.8 s, 63); 7 min over a telephone line 27.1 -> 24.8 s,
-# 112 -> 106 (raw 23.4 s, 153); on six 6-minute recordings (reverberant, quiet, clipped, tight
-# pauses, narrow band, plain) 0.80-0.92x the time, and the same word errors within 3. 32
-# tokens lost words on the turns (WER 4.3-4.6% against 3.1-3.3% with 64 or more). A caller's
-# prompt is never cut: with one, the pieces keep Whisper's own previous text.
+# Whisper-base, uncut then cut in one process, twice: 11 min of turns 38.6/39.5 -> 33.3/33.2 s,
+# 50 -> 48 word errors (raw engine 39.2 s, 63); the hour of the benchmark 126.7 -> 118.2 s,
+# 227 -> 248 (the sonnets read with less context; 80 or 96 tokens did no better). Held out, 7
+# min over a telephone line 27.1 -> 24.8 s, 112 -> 106; six 6-minute recordings (reverberant,
+# quiet, clipped, tight pauses, narrow band, a meeting) 0.84-0.96x the time, the same word
+# errors or fewer. 32 tokens lost words on the turns (WER 4.3-4.6% against 3.1-3.3% with 64 or
+# more). A caller's prompt is never cut: with one, the pieces keep Whisper's own previous text.
 _SIBLING_PREVIOUS_TOKENS = 64
 # A piece VAD took for speech this much of, from the end of the piece before it, follows on from
 # that piece (see `_follows_on`). Where voices behind the speaker (8-25 dB under) never stop, the
