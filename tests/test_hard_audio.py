@@ -1132,6 +1132,26 @@ def test_mandarin_is_simplified_unless_asked(server: Any, speech: dict[str, Clip
     assert all("".join(w.word for w in s.words or ()) == s.text for s in traditional)
 
 
+def test_a_repeat_in_simplified_is_found_where_the_model_writes_traditional(
+    server: Any, speech: dict[str, Clip]
+) -> None:
+    """The loop guard's check reads a repeat's audio alone and compares the words in the
+    script the segment was converted to: Whisper-base writes these clips in Traditional."""
+    transcriber = server.service._models[BASE].transcriber
+    options = TranscriptionOptions(language="zh", chinese_script="original")
+    checked = 0
+    for clip in speech.values():
+        if clip.language != "zh":
+            continue
+        audio = decode_audio(clip.bytes())
+        for seg in transcribe_long(transcriber, audio, options).segments:
+            if has_traditional(seg.text):
+                said = _said_alone(transcriber, audio, options, "simplified")
+                assert said(convert_segment(seg, "simplified")), seg.text
+                checked += 1
+    assert checked
+
+
 def test_converting_keeps_words_and_times() -> None:
     words = (Word(0.0, 0.5, "廣州", 0.9), Word(0.5, 1.0, "市", 0.9))
     converted = convert_segment(segment(0.0, 1.0, "廣州市", words=words), "simplified")

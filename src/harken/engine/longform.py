@@ -88,7 +88,7 @@ from harken.engine.leveling import (
     turn_down_behind,
     turn_down_below,
 )
-from harken.engine.script import convert_segment, converts
+from harken.engine.script import convert_segment, convert_text, converts
 from harken.engine.segmentation import (
     SAMPLE_RATE,
     WINDOW_SECONDS,
@@ -98,6 +98,7 @@ from harken.engine.segmentation import (
     plan_pieces,
 )
 from harken.engine.types import (
+    ChineseScript,
     Segment,
     Transcriber,
     Transcription,
@@ -227,9 +228,10 @@ def transcribe_long(
     later = _joined_where_they_follow_on(pieces)
     stream = _in_order(reader, (first, last_words), segments, later, should_stop, parallel)
     script = options.chinese_script or "simplified"
-    if converts(info.language, script):
+    converted = converts(info.language, script)
+    if converted:
         stream = (convert_segment(segment, script) for segment in stream)
-    said = _said_alone(transcriber, audio, reader.options)
+    said = _said_alone(transcriber, audio, reader.options, script if converted else None)
     return Transcription(info=info, segments=_numbered(_without_loops(stream, said)))
 
 
@@ -765,19 +767,25 @@ def _without_loops(
 
 
 def _said_alone(
-    transcriber: Transcriber, audio: np.ndarray, options: TranscriptionOptions
+    transcriber: Transcriber,
+    audio: np.ndarray,
+    options: TranscriptionOptions,
+    script: ChineseScript | None = None,
 ) -> Callable[[Segment], bool]:
     """Whether a segment's words are in what the model reads in its own span of `audio`
-    (padded by `_REREAD_PAD`), read alone."""
+    (padded by `_REREAD_PAD`), read alone; in Chinese `script`, if given, as the segment is.
+    Words are compared without the spaces between them (Chinese has none)."""
 
     def said(segment: Segment) -> bool:
         begin = max(0, int((segment.start - _REREAD_PAD) * SAMPLE_RATE))
         end = min(audio.shape[0], int((segment.end + _REREAD_PAD) * SAMPLE_RATE))
         alone = dataclasses.replace(options, prompt=None, word_timestamps=False)
         result = transcriber.transcribe(as_float32(audio[begin:end]), alone)
-        read = " ".join(_WORD.findall("".join(s.text for s in result.segments).lower()))
-        words = " ".join(_WORD.findall(segment.text.lower()))
-        return f" {words} " in f" {read} "
+        read = "".join(s.text for s in result.segments)
+        if script is not None:
+            read = convert_text(read, script)
+        words = "".join(_WORD.findall(segment.text.lower()))
+        return bool(words) and words in "".join(_WORD.findall(read.lower()))
 
     return said
 
