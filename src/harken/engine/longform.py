@@ -158,8 +158,8 @@ _MAX_PARALLEL = 8  # pieces of one recording read at once
 # window's text is about 60-100 tokens, and Whisper's own prompts, of up to 223, rarely met.
 # Whisper-base, uncut then cut in one process, twice: 11 min of turns 38.6/39.5 -> 33.3/33.2 s,
 # 50 -> 48 word errors (raw engine 39.2 s, 63); the hour of the benchmark 126.7 -> 118.2 s,
-# 227 -> 248 (the sonnets read with less context; 80 or 96 tokens did no better). Held out, 7
-# min over a telephone line 27.1 -> 24.8 s, 112 -> 106; six 6-minute recordings (reverberant,
+# 227 -> 248 (the sonnets read with less context; 80 or 96 tokens did no better); its 7 min
+# over a telephone line 27.1 -> 24.8 s, 112 -> 106. Held out, six 6-minute recordings (reverberant,
 # quiet, clipped, tight pauses, narrow band, a meeting) 0.84-0.96x the time, the same word
 # errors or fewer. 32 tokens lost words on the turns (WER 4.3-4.6% against 3.1-3.3% with 64 or
 # more). A caller's prompt is never cut: with one, the pieces keep Whisper's own previous text.
@@ -751,7 +751,7 @@ def _without_loops(
     of the two segments before it while their times overlap or touch: Whisper decoding in a
     loop (a passage said once, written twice). A passage said twice at separate times is kept;
     so is one said again right after itself, less than a second apart, where `said` (the
-    segment's own audio read alone) finds it: a clip of four words, repeated 0.6 s after
+    segment's own audio read alone) finds it: a clip of five words, repeated 0.6 s after
     itself in a recording built apart from the tests, was dropped as a loop."""
     recent: collections.deque[tuple[str, float]] = collections.deque(maxlen=2)
     for segment in segments:
