@@ -302,7 +302,7 @@ def test_languages_detected_in_one_batch_each_go_to_their_own_request(
 ) -> None:
     clips = ["picovoice_test_fr", "picovoice_test_de", "picovoice_test_es", "jfk_inaugural_1961"]
     audios = {name: decode_audio(speech[name].bytes()) for name in clips}
-    alone = {name: unbatched._detect_language(audio) for name, audio in audios.items()}
+    alone = {name: unbatched.detect_language(audio) for name, audio in audios.items()}
     ours = FasterWhisperTranscriber(
         "whisper-base", base_weights, device="cpu", cpu_threads=2, batch_size=8, max_concurrency=2
     )
@@ -311,7 +311,7 @@ def test_languages_detected_in_one_batch_each_go_to_their_own_request(
 
     def detect(name: str) -> tuple[str, float]:
         start.wait()
-        return ours._detect_language(audios[name])
+        return ours.detect_language(audios[name])
 
     try:
         with ThreadPoolExecutor(len(clips)) as pool:

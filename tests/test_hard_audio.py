@@ -1103,6 +1103,28 @@ def test_a_reading_cut_into_pieces_needs_no_fallback(server: Any, german: Built)
     assert evaluation.error_rate(reference, text, "de") <= 0.18
 
 
+def test_the_language_is_told_from_the_opening_speech(server: Any, speech: dict[str, Clip]) -> None:
+    """A recording's first stretch of speech may be a word or two: whisper-base takes the
+    first 1.5 s of a Spanish clip for Arabic (p = 0.93), and a recording that began so was
+    read in it throughout (a Spanish reading translated into English). The language is told
+    from the speech of its first pieces, up to one window, as the raw engine tells it from
+    its first window."""
+    transcriber = server.service._models[BASE].transcriber
+    spanish = decode_audio(speech["picovoice_test_es"].bytes())
+    head = spanish[: int(1.5 * SAMPLE_RATE)]
+    assert transcriber.detect_language(head)[0] != "es"  # what the first piece alone tells
+
+    def pause(seconds: float) -> np.ndarray:
+        return np.zeros(int(seconds * SAMPLE_RATE), dtype=np.float32)
+
+    audio = np.concatenate([pause(0.5), head, pause(1.5), *[spanish, pause(1.0)] * 3])
+    assert audio.shape[0] > 30 * SAMPLE_RATE  # read in pieces
+    result = transcribe_long(transcriber, audio, TranscriptionOptions())
+    text = " ".join(s.text for s in result.segments)
+    assert result.info.language == "es"
+    assert normalize_text(text).split().count("arenas") >= 3, text
+
+
 def has_traditional(text: str) -> bool:
     from harken.engine.script import convert_text
 

@@ -99,6 +99,7 @@ from harken.engine.segmentation import (
 )
 from harken.engine.types import (
     ChineseScript,
+    LanguageDetector,
     Segment,
     Transcriber,
     Transcription,
@@ -216,15 +217,20 @@ def transcribe_long(
         info = TranscriptionInfo(language, 1.0 if options.language else 0.0, duration)
         return Transcription(info=info, segments=iter(()))
 
-    reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
-    last_words = _LastWords()
     # Whether voices behind the speaker fill the first piece shows in the piece after it.
     second = next(pieces, None)
     behind = second is not None and _follows_on(second, first)
     if second is not None:
         pieces = itertools.chain([second], pieces)
+    opening = _opening_language(transcriber, audio, options, (first, second))
+    if opening is not None:
+        options = dataclasses.replace(options, language=opening[0])
+    reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
+    last_words = _LastWords()
     detected, segments = reader.start(first, None, last_words, behind)
     info = dataclasses.replace(detected, duration=duration)
+    if opening is not None:
+        info = dataclasses.replace(info, language_probability=opening[1])
     reader.options = dataclasses.replace(options, language=options.language or info.language)
     parallel = parallel_pieces(transcriber)
     later = _joined_where_they_follow_on(pieces)
@@ -235,6 +241,36 @@ def transcribe_long(
         stream = (convert_segment(segment, script) for segment in stream)
     said = _said_alone(transcriber, audio, reader.options, script if converted else None)
     return Transcription(info=info, segments=_numbered(_without_loops(stream, said)))
+
+
+def _opening_language(
+    transcriber: Transcriber,
+    audio: np.ndarray,
+    options: TranscriptionOptions,
+    pieces: tuple[Piece, Piece | None],
+) -> tuple[str, float] | None:
+    """The language of the recording and its probability, detected on the speech of its
+    first pieces, up to one window of it, where the caller did not name one and the first
+    piece holds less; None where the first piece's own reading is left to tell.
+
+    The first piece is the first stretch of speech, often a second or two: Whisper told the
+    language from that alone as the raw engine would not from its first window, and then read
+    the whole recording in it (a Spanish reading that began with "La harina", 1.5 s apart:
+    English, p = 0.61, and every piece translated into English; the raw engine, and this,
+    Spanish)."""
+    if options.language is not None or not isinstance(transcriber, LanguageDetector):
+        return None
+    if not transcriber.multilingual:
+        return None
+    window = int(WINDOW_SECONDS * SAMPLE_RATE)
+    parts = [piece.samples(audio) for piece in pieces if piece is not None]
+    if parts[0].shape[0] >= window or len(parts) == 1:
+        return None
+    opening = as_float32(np.concatenate([parts[0], parts[1][: window - parts[0].shape[0]]]))
+    language, probability = transcriber.detect_language(opening)
+    log.info("language %s (p=%.2f), told from the first %.1f s of speech",
+             language, probability, opening.shape[0] / SAMPLE_RATE)  # fmt: skip
+    return language, probability
 
 
 def parallel_pieces(transcriber: Transcriber) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -94,4 +94,14 @@ class Transcriber(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` is in this model's tokenizer (for usage accounting)."""
+        ...
+
+
+@runtime_checkable
+class LanguageDetector(Protocol):
+    """A Transcriber that can tell the language of audio without transcribing it."""
+
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """The language of 16 kHz mono float32 `audio` (read as one window: at most 30 s
+        count) and the model's probability for it."""
         ...

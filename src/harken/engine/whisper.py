@@ -183,7 +183,7 @@ class FasterWhisperTranscriber:
         language, probability = options.language, None
         one_window = len(audio) <= self._model.feature_extractor.n_samples  # 30 s
         if language is None and self.multilingual and one_window:
-            language, probability = self._detect_language(audio)
+            language, probability = self.detect_language(audio)
         segments, info = self._model.transcribe(
             audio,
             language=language,
@@ -246,8 +246,11 @@ class FasterWhisperTranscriber:
             return _NO_SPEECH, -math.inf, 0.0, 0.0
         return result, logprob, temperature, ratio
 
-    def _detect_language(self, audio: np.ndarray) -> tuple[str, float]:
-        """Detect the language on exactly the window faster-whisper transcribes first.
+    def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
+        """The language of `audio` (its first 30 s) and its probability; on an English-only
+        model, English.
+
+        Detected on exactly the window faster-whisper transcribes first.
 
         Left to itself, faster-whisper detects on a window that keeps the last frame of a short
         clip, which its transcription then drops, so the two encodings differ by a frame and
@@ -256,6 +259,8 @@ class FasterWhisperTranscriber:
         features are computed here and again by faster-whisper (about 25 ms for 30 s, against
         the second encoder pass of about a second that this saves).
         """
+        if not self.multilingual:
+            return "en", 1.0
         features = self._model.feature_extractor(audio)
         frames = max(1, features.shape[-1] - 1)  # a blip of audio still gets one frame
         language, probability, _ = self._model.detect_language(features=features[:, :frames])
