@@ -38,7 +38,7 @@ from harken.engine.longform import (
     _unheard,
     _without_loops,
 )
-from harken.engine.script import convert_segment
+from harken.engine.script import convert_segment, words_of
 from harken.engine.segmentation import Piece, plan_pieces
 from harken.engine.types import Segment, Transcription, TranscriptionInfo, Word
 from tests.conftest import Clip, normalize_text, wav_bytes
@@ -1190,6 +1190,32 @@ def test_japanese_is_left_alone(server: Any, speech: dict[str, Clip]) -> None:
         result = transcribe_long(transcriber, decode_pcm16(clip.bytes()), options)
         text = "".join(s.text for s in result.segments)
         assert result.info.language == "ja" and "観" in text, text
+
+
+def test_a_sentence_said_again_and_again_in_japanese_is_written_each_time(
+    server: Any, speech: dict[str, Clip]
+) -> None:
+    """Japanese is written without spaces: counted as runs of letters, a sentence was one
+    word. A window holding one sentence said three times (its text compresses well, so it
+    fails Whisper's checks at every temperature and is kept, as the raw engine keeps it)
+    then came to 3 words in 14 s of speech and was dropped as music read wrong: 3 sayings of
+    14 written. Each character counts as a word now."""
+    clip = decode_audio(speech["picovoice_test_ja"].bytes())
+    rng = np.random.default_rng(5)
+    parts = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+    for pause in rng.uniform(1.0, 2.0, 8):
+        parts += [clip, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
+    transcriber = server.service._models[BASE].transcriber
+    result = transcribe_long(transcriber, np.concatenate(parts), TranscriptionOptions("ja"))
+    text = "".join(s.text for s in result.segments)
+    assert text.count("客観的") == 8, text
+
+
+def test_words_of_scripts_without_spaces_are_their_characters() -> None:
+    assert words_of("Hello, world! 2 times") == ["Hello", "world", "2", "times"]
+    assert words_of("判断的知識、です。") == list("判断的知識です")
+    assert words_of("广州市 GDP") == ["广", "州", "市", "GDP"]
+    assert words_of("그는 이리저리") == ["그는", "이리저리"]  # Korean has spaces
 
 
 def test_silence_and_lying_headers_cost_no_model_time(server: Any) -> None:

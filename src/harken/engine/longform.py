@@ -73,7 +73,6 @@ import dataclasses
 import itertools
 import logging
 import queue
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +87,7 @@ from harken.engine.leveling import (
     turn_down_behind,
     turn_down_below,
 )
-from harken.engine.script import convert_segment, convert_text, converts
+from harken.engine.script import convert_segment, convert_text, converts, words_of
 from harken.engine.segmentation import (
     SAMPLE_RATE,
     WINDOW_SECONDS,
@@ -148,7 +147,10 @@ _FAILED_COMPRESSION = 2.4
 # words, read wrong and put 17-24 s early; 0.13-0.15 words a second), and the music, read again,
 # gave "Somehow or other." once more. Dropped: WER 6.8-7.7% -> 5.2-5.9% (raw engine 5.7%), time
 # 1.4x -> 1.1-1.3x the raw engine's. People say 2-3 words a second; on the benchmark's four
-# recordings and four other held-out ones no window failed at every temperature.
+# recordings and four other held-out ones no window failed at every temperature. Words are
+# `script.words_of`'s: each Chinese or Japanese character counts as one (one Japanese sentence
+# said three times in a window, which fails the checks for compressing well, had counted as
+# 3 words in 14 s of speech, and such windows were dropped: 3 sayings of 14 written).
 _SPARSE_WORDS_PER_SECOND = 0.5
 _FASTEST_WORDS_PER_SECOND = 10.0  # nobody says several words faster than this
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
@@ -548,7 +550,7 @@ def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...] | None) -> bo
     asked), or it has several words said faster than anyone speaks."""
     if segment.no_speech_prob < _NO_SPEECH:
         return False
-    words = len(_WORD.findall(segment.text))
+    words = len(words_of(segment.text))
     seconds = segment.end - segment.start
     if words >= _LOOP_WORDS and words > _FASTEST_WORDS_PER_SECOND * seconds:
         return True
@@ -578,7 +580,7 @@ def _heard(
     def judged() -> Iterator[Segment]:
         start = window[0].seek / 100  # the window Whisper read, not only what its text took
         end = min(length, start + WINDOW_SECONDS)
-        words = sum(len(_WORD.findall(s.text)) for s in window)
+        words = sum(len(words_of(s.text)) for s in window)
         heard = _seconds_of(speech, start, end) if speech else end - start
         if words < _SPARSE_WORDS_PER_SECOND * heard:
             text = "".join(s.text for s in window)
@@ -777,9 +779,6 @@ def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:
         yield dataclasses.replace(segment, id=index)
 
 
-_WORD = re.compile(r"\w+")
-
-
 def _without_loops(
     segments: Iterator[Segment], said: Callable[[Segment], bool] = lambda _: False
 ) -> Iterator[Segment]:
@@ -791,7 +790,7 @@ def _without_loops(
     itself in a recording built apart from the tests, was dropped as a loop."""
     recent: collections.deque[tuple[str, float]] = collections.deque(maxlen=2)
     for segment in segments:
-        words = " ".join(_WORD.findall(segment.text.lower()))
+        words = " ".join(words_of(segment.text.lower()))
         repeats = [
             end
             for before, end in recent
@@ -824,8 +823,8 @@ def _said_alone(
         read = "".join(s.text for s in result.segments)
         if script is not None:
             read = convert_text(read, script)
-        words = "".join(_WORD.findall(segment.text.lower()))
-        return bool(words) and words in "".join(_WORD.findall(read.lower()))
+        words = "".join(words_of(segment.text.lower()))
+        return bool(words) and words in "".join(words_of(read.lower()))
 
     return said
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 from harken.engine.types import ChineseScript, Segment
 
@@ -15,6 +16,18 @@ CHINESE_SCRIPTS: tuple[ChineseScript, ...] = ("simplified", "traditional", "orig
 # Japanese kanji are not Chinese text.
 _CONVERTED_LANGUAGES = frozenset({"zh"})
 _CONFIGS = {"simplified": "t2s", "traditional": "s2t"}
+
+
+# Scripts written without spaces between words (Chinese, Japanese; Korean has spaces): each of
+# their characters counts as a word.
+UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORDS = re.compile(rf"[{UNSPACED}]|[^\W{UNSPACED}]+")
+
+
+def words_of(text: str) -> list[str]:
+    """The words of `text`, without punctuation: runs of letters and digits, and each
+    character of a script written without spaces (a Japanese sentence is not one word)."""
+    return _WORDS.findall(text)
 
 
 @functools.cache

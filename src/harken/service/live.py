@@ -43,7 +43,7 @@ import numpy as np
 from harken.audio_stream import Encoding, StreamDecoder
 from harken.engine import SAMPLE_RATE, Segment, TranscriptionOptions
 from harken.engine.batching import Cancelled, cancel_scope
-from harken.engine.script import convert_text, converts
+from harken.engine.script import UNSPACED, convert_text, converts
 from harken.engine.segmentation import SpeechProbabilities, as_float32
 from harken.errors import HarkenError, InvalidRequest, RateLimited, ServerError
 from harken.service.transcription import LoadedModel, TranscriptionService
@@ -681,11 +681,10 @@ class LiveSession:
         return convert_text(text, script) if converts(result.info.language, script) else text
 
 
-# Scripts written without spaces between words (Chinese, Japanese): each character counts as a
-# word, so their partial text is agreed on and sent piece by piece too.
-_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-_WORD = re.compile(rf"\s*(?:[{_UNSPACED}]|[^\s{_UNSPACED}]+)")
-_UNSPACED_CHARACTER = re.compile(rf"[{_UNSPACED}]")
+# In scripts written without spaces (`UNSPACED`) each character counts as a word, so their
+# partial text is agreed on and sent piece by piece too. Words keep their spaces and marks here.
+_WORD = re.compile(rf"\s*(?:[{UNSPACED}]|[^\s{UNSPACED}]+)")
+_UNSPACED_CHARACTER = re.compile(rf"[{UNSPACED}]")
 
 
 def _final_tail(turn: TurnDetection | None) -> int:
