@@ -531,10 +531,19 @@ def test_speech_no_segment_covers_is_found() -> None:
     words = said_over(0.1, 4.9, " one") + said_over(7.5, 11.8, " two three")
     spanning = segment(0.0, 11.8, " one two three", words=words)
     assert _unheard(speech, [spanning], 30.0) == [(6.0, 7.2)]
-    # A word stretched over the turn covers only its ends (a second each).
+    # A word stretched over the turn covers only its ends (half a second each, no slack inside).
     words = (*said_over(0.1, 4.9, " one"), Word(4.9, 10.0, " two", 0.9))
     stretched = segment(0.0, 11.8, " one two three", words=words + said_over(10.0, 11.8, " three"))
-    assert _unheard(speech, [stretched], 30.0) == [(6.2, 8.7)]
+    assert _unheard(speech, [stretched], 30.0) == [(6.0, 9.5)]
+    # `the` over 2.2 s, seven words of the clip left unwritten under it (a recording with noise
+    # between clips, built apart from the tests): the 1.2 s between its ends are found.
+    clip = ((int(114.14 * SAMPLE_RATE), int(117.19 * SAMPLE_RATE)),)
+    words = (*said_over(114.38, 114.98, " the valley of"), Word(114.98, 117.18, " the", 0.9))
+    hid = segment(112.7, 117.18, " the valley of the", words=words)
+    assert _unheard(clip, [hid], 130.0) == [(pytest.approx(115.48), pytest.approx(116.68))]
+    # A word drawn out over 2 s of speech hides nothing.
+    drawn = segment(114.1, 117.2, " so", words=(Word(114.14, 116.14, " so", 0.9),))
+    assert _unheard(((int(114.14 * SAMPLE_RATE), int(116.2 * SAMPLE_RATE)),), [drawn], 130.0) == []
 
 
 def test_text_the_model_made_up_is_dropped() -> None:

@@ -113,6 +113,7 @@ _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read aga
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
+_STRETCHED_WORD_END = 0.5  # what a stretched word covers at each end (see `_said`)
 # Sound this much quieter than the stretch of speech it lies in is background. Background talk
 # 18 dB under the speaker (a recording built apart from the tests), which VAD joins with the
 # speaker's stretches, was left out 15-23 dB under them: read again, it added 73 words (WER
@@ -471,16 +472,14 @@ def _unheard(
         for s in segments
         if s.text.strip()
         for part in (
-            [(s.start, s.end)] if s.words is None else [p for w in s.words for p in _said(w)]
+            [(s.start - _HEARD_SLACK, s.end + _HEARD_SLACK)]
+            if s.words is None
+            else [p for w in s.words for p in _said(w)]
         )
     ]
     heard = sorted(
-        [
-            *((max(0.0, start - _HEARD_SLACK), min(length, end + _HEARD_SLACK))
-              for start, end in spans_heard),
-            *unreadable,
-        ]
-    )  # fmt: skip
+        [*((max(0.0, start), min(length, end)) for start, end in spans_heard), *unreadable]
+    )
     spans: list[tuple[float, float]] = []
     for a, b in speech:
         left = [(a / SAMPLE_RATE, b / SAMPLE_RATE)]
@@ -497,14 +496,18 @@ def _unheard(
 
 
 def _said(word: Word) -> list[tuple[float, float]]:
-    """Where a word was said (seconds). Whisper's alignment stretches a word over speech the
-    text skipped (`not` over 8.6 s, two clips of another speaker before it, in talk over music
-    and voices built apart from the tests): a word longer than `_LONGEST_WORD_SECONDS` is
-    taken to cover only half that at each end."""
+    """Where a word was said (seconds), give or take `_HEARD_SLACK`. Whisper's alignment
+    stretches a word over speech the text skipped (`not` over 8.6 s, two clips of another
+    speaker before it, in talk over music and voices built apart from the tests; `the` over
+    2.2 s, where "shadow of death he is with us" went unwritten, in clips with noise between
+    them): a word longer than `_LONGEST_WORD_SECONDS` is taken to cover only
+    `_STRETCHED_WORD_END` at each end, without slack inside."""
     if word.end - word.start <= _LONGEST_WORD_SECONDS:
-        return [(word.start, word.end)]
-    half = _LONGEST_WORD_SECONDS / 2
-    return [(word.start, word.start + half), (word.end - half, word.end)]
+        return [(word.start - _HEARD_SLACK, word.end + _HEARD_SLACK)]
+    return [
+        (word.start - _HEARD_SLACK, word.start + _STRETCHED_WORD_END),
+        (word.end - _STRETCHED_WORD_END, word.end + _HEARD_SLACK),
+    ]
 
 
 def _hides(segment: Segment, span: tuple[float, float]) -> bool:
