@@ -37,6 +37,7 @@ from harken.engine.longform import (
     _said_alone,
     _unheard,
     _without_loops,
+    _without_offset,
 )
 from harken.engine.script import convert_segment, words_of
 from harken.engine.segmentation import Piece, plan_pieces
@@ -459,6 +460,50 @@ def test_quiet_sound_and_music_in_a_pause_are_left_out(speech: dict[str, Clip]) 
 
 
 # --- levelling, the loop guard and the re-read rule, on their own
+def test_a_dc_offset_is_not_taken_for_sound(server: Any, speech: dict[str, Clip]) -> None:
+    """A constant added to every sample (a sound card's DC offset) counted as sound in the
+    level of every pause: the pauses were read as speech and read again, one by one. The
+    offset is taken away first; the recording reads as it does without it."""
+    english = [c for c in speech.values() if c.language == "en" and c.id not in LEFT_OUT]
+    rng = np.random.default_rng(8)
+    parts = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
+    for index in rng.permutation(len(english))[:9]:
+        pause = rng.uniform(0.5, 2.0)
+        clip = levelled(decode_audio(english[index].bytes()), -23.0)
+        parts += [clip, np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]
+    plain = np.rint(np.concatenate(parts) * 32767).astype(np.int16)
+    offset = np.clip(plain.astype(np.int32) + 8192, -32768, 32767).astype(np.int16)  # 0.25
+    assert plain.shape[0] > 30 * SAMPLE_RATE  # read in pieces
+    tiny = server.service._models[TINY].transcriber
+
+    class Counted:
+        parallel_windows = tiny.parallel_windows
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+            self.calls += 1
+            return tiny.transcribe(samples, options)
+
+        def count_tokens(self, text: str) -> int:
+            return tiny.count_tokens(text)
+
+    read = {}
+    for name, audio in (("plain", plain), ("offset", offset)):
+        model = Counted()
+        result = transcribe_long(model, audio, TranscriptionOptions(language="en"))  # type: ignore[arg-type]
+        read[name] = (" ".join(s.text.strip() for s in result.segments), model.calls)
+    assert read["offset"] == read["plain"]
+    # An offset under `_OFFSET` (0.3% of full scale) is left; above it, the mean is taken away.
+    quiet = plain + np.int16(20)
+    assert _without_offset(quiet) is quiet
+    for audio in (offset, offset.astype(np.float32) / 32768):
+        assert abs(float(np.mean(_without_offset(audio), dtype=np.float64))) < 1e-4 * (
+            32768 if audio.dtype == np.int16 else 1
+        )
+
+
 def test_levelling_lifts_quiet_stretches_within_bounds() -> None:
     rng = np.random.default_rng(1)
     loud = np.clip(0.3 * rng.standard_normal(SAMPLE_RATE), -0.9, 0.9).astype(np.float32)

@@ -110,6 +110,7 @@ from harken.engine.types import (
 log = logging.getLogger(__name__)
 
 _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read again
+_OFFSET = 0.003  # a recording whose mean is this far from zero (of full scale) has a DC offset
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
@@ -213,6 +214,7 @@ def transcribe_long(
     """
     segmentation = options.segmentation or SegmentationOptions()
     duration = audio.shape[0] / SAMPLE_RATE
+    audio = _without_offset(audio)
     pieces = plan_pieces(audio, segmentation)
     first = next(pieces, None)
     if first is None:
@@ -244,6 +246,28 @@ def transcribe_long(
         stream = (convert_segment(segment, script) for segment in stream)
     said = _said_alone(transcriber, audio, reader.options, script if converted else None)
     return Transcription(info=info, segments=_numbered(_without_loops(stream, said)))
+
+
+def _without_offset(audio: np.ndarray) -> np.ndarray:
+    """The audio less its DC offset (a constant a sound card adds to every sample), where its
+    mean is `_OFFSET` of full scale or more; else the audio itself. Levels measured with the
+    offset count it as sound: every pause held sound at the speech's level, and was read as
+    speech (6.2 min of clips 0.5-2 s apart, built apart from the tests, with 0.25 added:
+    22 stretches read again, 73 word errors and 2.0x the raw engine's time, the raw engine 46
+    errors; with the offset taken away, none read again, 36 errors, 0.75x)."""
+    full = 32768.0 if audio.dtype == np.int16 else 1.0
+    offset = float(np.mean(audio, dtype=np.float64))
+    if abs(offset) < _OFFSET * full:
+        return audio
+    out = np.empty_like(audio)
+    step = 60 * SAMPLE_RATE  # a minute at a time: no float copy of the whole recording
+    for at in range(0, audio.shape[0], step):
+        block = audio[at : at + step].astype(np.float32) - np.float32(offset)
+        if audio.dtype == np.int16:
+            block = np.clip(np.rint(block), -32768, 32767)
+        out[at : at + step] = block
+    log.info("removed a DC offset of %.4f of full scale", offset / full)
+    return out
 
 
 def _opening_language(
