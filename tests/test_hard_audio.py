@@ -1176,7 +1176,9 @@ def test_the_language_is_told_from_the_opening_speech(server: Any, speech: dict[
     result = transcribe_long(transcriber, audio, TranscriptionOptions())
     text = " ".join(s.text for s in result.segments)
     assert result.info.language == "es"
-    assert normalize_text(text).split().count("arenas") >= 3, text
+    # Read in Spanish, not translated: the clip's words, but for a few misheard ones.
+    reference = " ".join([speech["picovoice_test_es"].text] * 3)
+    assert evaluation.error_rate(reference, text, "es") <= 0.4, text
 
 
 def has_traditional(text: str) -> bool:

@@ -463,13 +463,18 @@ def test_client_leaving_mid_stream_stops_the_work(
         assert response.status_code == 200
         first = next(e for e in sse_events(response.iter_lines()) if e.get("delta"))
         first_delta = time.monotonic() - started
+        read_first = batcher.stats.windows - windows_before
     # The connection is closed here, mid-stream.
     assert first["type"] == "transcript.text.delta"
     _, long_total, whole = long_run
     print(
-        f"\n10-min file: first delta after {first_delta:.1f} s; whole run took {long_total:.1f} s"
+        f"\n10-min file: first delta after {first_delta:.1f} s and {read_first} windows; "
+        f"whole run took {long_total:.1f} s and {whole} windows"
     )
-    assert first_delta < 0.15 * long_total
+    # The first text came once the model had read at most 15% of the file's windows (the
+    # issue's target for the first text; counted in the model's work, not in seconds, which
+    # on tiny.en are mostly the upload and decoding, and move with the machine's load).
+    assert read_first <= 0.15 * whole, (read_first, whole)
 
     deadline = time.monotonic() + 120
     while service.scheduler.admitted and time.monotonic() < deadline:
