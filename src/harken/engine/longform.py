@@ -280,14 +280,14 @@ def _opening_language(
     first pieces, up to one window of it, where the caller did not name one and the first
     piece holds less; None where the first piece's own reading is left to tell.
 
-    The first piece is the first stretch of speech, often a second or two: Whisper told the
-    language from that alone as the raw engine would not from its first window, and then read
-    the whole recording in it (a Spanish reading that began with "La harina", 1.5 s apart:
-    English, p = 0.61, and every piece translated into English; the raw engine, and this,
-    Spanish)."""
+    The first piece is the first stretch of speech, often a second or two. Told from that
+    alone, the language went wrong where the raw engine tells it from its whole first window,
+    and the whole recording was read in it (a Spanish reading that began with two words and a
+    1.5 s pause: English, p = 0.61, every piece translated into English; told from the
+    opening speech, Spanish, p = 0.95)."""
     if options.language is not None or not isinstance(transcriber, LanguageDetector):
         return None
-    if not transcriber.multilingual:
+    if not transcriber.multilingual:  # nothing to tell
         return None
     window = int(WINDOW_SECONDS * SAMPLE_RATE)
     parts = [piece.samples(audio) for piece in pieces if piece is not None]
