@@ -33,6 +33,7 @@ from harken.engine.longform import _shifted, _split_at_cuts, parallel_pieces
 from harken.engine.segmentation import Piece, SpeechDetector, SpeechProbabilities, plan_pieces
 from harken.engine.types import Segment, Word
 from harken.errors import InvalidRequest
+from harken.service import transcription
 from tests.conftest import Clip, normalize_text
 
 MODEL = "whisper-tiny.en"  # English long-form speed; base is for the benchmark
@@ -441,7 +442,10 @@ def test_chat_stream_sends_each_piece_as_it_is_recognised(
 
 
 def test_client_leaving_mid_stream_stops_the_work(
-    server: Any, recording: Recording, long_run: tuple[Any, float, int]
+    server: Any,
+    recording: Recording,
+    long_run: tuple[Any, float, int],
+    monkeypatch: pytest.MonkeyPatch,
 ):
     """Disconnect after the first delta: the engine stops within a piece, long before the end."""
     service = server.service
@@ -449,6 +453,23 @@ def test_client_leaving_mid_stream_stops_the_work(
     batcher = service._models[MODEL].transcriber.batcher
     before = service.pieces_started
     windows_before = batcher.stats.windows
+    # The windows the model had read when the engine gave its first segment (counted in the
+    # server: by the time the client has the delta, the model has gone on reading).
+    read_at_first: list[int] = []
+    reading = transcription.transcribe_long
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        result = reading(*args, **kwargs)
+
+        def segments() -> Iterator[Segment]:
+            for segment in result.segments:
+                if not read_at_first:
+                    read_at_first.append(batcher.stats.windows - windows_before)
+                yield segment
+
+        return dataclasses.replace(result, segments=segments())
+
+    monkeypatch.setattr(transcription, "transcribe_long", counted)
     started = time.monotonic()
     with (
         httpx.Client(timeout=600) as client,
@@ -463,7 +484,7 @@ def test_client_leaving_mid_stream_stops_the_work(
         assert response.status_code == 200
         first = next(e for e in sse_events(response.iter_lines()) if e.get("delta"))
         first_delta = time.monotonic() - started
-        read_first = batcher.stats.windows - windows_before
+        read_first = read_at_first[0]
     # The connection is closed here, mid-stream.
     assert first["type"] == "transcript.text.delta"
     _, long_total, whole = long_run
