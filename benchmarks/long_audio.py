@@ -327,7 +327,9 @@ def main() -> None:
     parser.add_argument(
         "--clips", type=int, default=None, help="use only the first N English clips"
     )
-    parser.add_argument("--keep", type=Path, help="write the recordings here and keep them")
+    parser.add_argument(
+        "--keep", type=Path, help="write the recordings and each engine's text here, and keep them"
+    )
     parser.add_argument("--home", type=Path, default=None, help="HARKEN_HOME (model cache)")
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--raw-vad", action="store_true", help=argparse.SUPPRESS)
@@ -367,6 +369,9 @@ def main() -> None:
                 results["raw+vad"] = run_raw(path, args.model, home, vad=True)
         for engine, r in results.items():
             r["wer"] = word_error_rate(reference, r["text"])
+            if args.keep:  # each text beside its recording, to compare runs word by word
+                text_name = f"{path.stem}.{engine.replace('+', '-')}.txt"
+                (folder / text_name).write_text(r["text"] + "\n")
             rows.append((name, engine, duration, r))
             print(f"  {engine}: {r['total']:.1f} s, first text {r['first'] or 0:.1f} s, "
                   f"CPU {r['cpu']:.0f} s, peak {r['peak_mb']:.0f} MB, WER {r['wer']:.3f}",
