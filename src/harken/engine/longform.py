@@ -48,20 +48,15 @@ speaker. Other pieces are read several at once
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
 as one batch, and each window after a piece's first is read with the last 64 tokens of its
 previous text (`_SIBLING_PREVIOUS_TOKENS`), so that nearly all of them meet (the text is the
-same whoever meets; a caller's prompt is kept whole, and then so is Whisper's). On
-a 2-core CPU the raw engine keeps both cores busy, and its cost is the beam search, token by token;
-eight windows' beam searches in one batch cost 0.62 s a window against 1.0 s alone (whisper-base).
-With prompts then cut to meet in every batch, that took harken from 0.76x the raw engine's time to
-0.62x on an hour of speech (rounds of eight pieces), from 0.94x to 0.90x on 11 minutes of turns.
-The first piece is read alone, so that the first text (and the language) comes after one stretch of
-speech; the others keep the same order in the stream. The piece at the head of the line is streamed
-as it is read, in step with the others: when it read at its own pace, its beam searches ran beside
-the others' batch on the same cores, and the batch was often left to the wait's end, split (11
-minutes of turns: 12 of 30 windows searched alone; in step, 3). With prompts of Whisper's own
-length (fewer meet in a batch) the README's last run measured 0.79x on the hour and 0.99x on the
-turns with one model worker, 1.03x on the turns with two ("Long recordings"; two workers of every
-core each put four OpenMP threads on two cores; `benchmarks/long_calls.py` shows where the time
-goes); cut to 64 tokens, 0.80x of that time on the turns.
+same whoever meets; a caller's prompt is kept whole, and then so is Whisper's). On a 2-core CPU
+the raw engine's cost is the beam search, token by token; eight windows' beam searches in one
+batch cost 0.62 s a window against 1.0 s alone (whisper-base). The first piece is read alone, so
+that the first text (and the language) comes after one stretch of speech; the others keep the
+same order in the stream. The piece at the head of the line is streamed as it is read, in step
+with the others: read at its own pace, its beam searches ran beside the others' batch and split
+it (11 minutes of turns: 12 of 30 windows searched alone; in step, 3).
+
+What each rule bought, measured, and what was tried and dropped: docs/long-recordings.md.
 """
 
 from __future__ import annotations
