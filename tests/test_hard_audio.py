@@ -1283,9 +1283,10 @@ def test_a_sentence_said_again_and_again_in_japanese_is_written_each_time(
 ) -> None:
     """Japanese is written without spaces: counted as runs of letters, a sentence was one
     word. A window holding one sentence said three times (its text compresses well, so it
-    fails Whisper's checks at every temperature and is kept, as the raw engine keeps it)
+    failed Whisper's checks at every temperature and was kept, as the raw engine keeps it)
     then came to 3 words in 14 s of speech and was dropped as music read wrong: 3 sayings of
-    14 written. Each character counts as a word now."""
+    14 written. Each character counts as a word now (and such a window is now kept as first
+    read, see `test_a_sentence_said_three_times_is_not_sampled_again`)."""
     clip = decode_audio(speech["picovoice_test_ja"].bytes())
     rng = np.random.default_rng(5)
     parts = [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)]
@@ -1295,6 +1296,26 @@ def test_a_sentence_said_again_and_again_in_japanese_is_written_each_time(
     result = transcribe_long(transcriber, np.concatenate(parts), TranscriptionOptions("ja"))
     text = "".join(s.text for s in result.segments)
     assert text.count("客観的") == 8, text
+
+
+@pytest.mark.parametrize(
+    "name", ["ls_1272-128104-0000", "librivox_sns01_0920", "ls_1988-24833-0003"]
+)
+def test_a_sentence_said_three_times_is_not_sampled_again(
+    server: Any, speech: dict[str, Clip], name: str
+) -> None:
+    """One sentence said three times in a window compresses well, and Whisper takes such
+    text for a decoding loop: it read the window again at higher temperatures, and a random
+    sample replaced the right reading. Where only whole sentences said again at their own
+    times make it compress, the first reading is kept: every segment at temperature 0."""
+    clip = decode_audio(speech[name].bytes())
+    pause = np.zeros(int(0.8 * SAMPLE_RATE), dtype=np.float32)
+    audio = np.concatenate([pause, clip, pause, clip, pause, clip, pause])
+    transcriber = server.service._models[TINY].transcriber
+    segments = list(transcribe_long(transcriber, audio, TranscriptionOptions("en")).segments)
+    assert [s.temperature for s in segments] == [0.0] * len(segments), segments
+    ending = " ".join(normalize_text(speech[name].text).split()[-4:])  # each saying's last words
+    assert normalize_text(" ".join(s.text for s in segments)).count(ending) == 3, segments
 
 
 def test_words_of_scripts_without_spaces_are_their_characters() -> None:
