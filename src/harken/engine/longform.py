@@ -83,7 +83,13 @@ from harken.engine.leveling import (
     turn_down_behind,
     turn_down_below,
 )
-from harken.engine.script import convert_segment, convert_text, converts, words_of
+from harken.engine.script import (
+    FASTEST_WORDS_PER_SECOND,
+    convert_segment,
+    convert_text,
+    converts,
+    words_of,
+)
 from harken.engine.segmentation import (
     SAMPLE_RATE,
     WINDOW_SECONDS,
@@ -150,7 +156,6 @@ _FAILED_COMPRESSION = 2.4
 # said three times in a window, which fails the checks for compressing well, had counted as
 # 3 words in 14 s of speech, and such windows were dropped: 3 sayings of 14 written).
 _SPARSE_WORDS_PER_SECOND = 0.5
-_FASTEST_WORDS_PER_SECOND = 10.0  # nobody says several words faster than this
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
 # ...unless its own audio, read alone, gives at least this share of its words, in order: read
 # again, a sentence said twice comes out a word or two apart from the first reading (Mandarin
@@ -581,7 +586,7 @@ def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...] | None) -> bo
         return False
     words = len(words_of(segment.text))
     seconds = segment.end - segment.start
-    if words >= _LOOP_WORDS and words > _FASTEST_WORDS_PER_SECOND * seconds:
+    if words >= _LOOP_WORDS and words > FASTEST_WORDS_PER_SECOND * seconds:
         return True
     start, end = segment.start * SAMPLE_RATE, segment.end * SAMPLE_RATE
     return speech is not None and not any(a < end and start < b for a, b in speech)

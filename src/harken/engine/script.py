@@ -24,6 +24,10 @@ UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _WORDS = re.compile(rf"[{UNSPACED}]|[^\W{UNSPACED}]+")
 
 
+# Nobody says several words (as `words_of` counts them) faster than this many a second.
+FASTEST_WORDS_PER_SECOND = 10.0
+
+
 def words_of(text: str) -> list[str]:
     """The words of `text`, without punctuation: runs of letters and digits, and each
     character of a script written without spaces (a Japanese sentence is not one word)."""

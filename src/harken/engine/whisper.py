@@ -9,7 +9,6 @@ import math
 import os
 import threading
 import types
-import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 from harken.engine.batching import BatchingWhisper
 from harken.engine.batching import install as install_batching
 from harken.engine.runtime import prepare_ctranslate2
-from harken.engine.script import words_of
+from harken.engine.script import FASTEST_WORDS_PER_SECOND, words_of
 from harken.engine.segmentation import as_float32
 from harken.engine.types import (
     Segment,
@@ -48,9 +47,8 @@ _TAIL_SECONDS = 1.0
 _FRAMES_PER_SECOND = 100  # Whisper's mel frames
 _TIMESTAMP_SECONDS = 0.02  # one step of Whisper's timestamp tokens
 # A sentence said again in a window, this many words or more, need not be a decoding loop
-# (`_said_again`); no faster than this many words a second (nobody speaks faster).
+# (`_said_again`), unless its words come faster than anyone speaks.
 _REPEAT_WORDS = 4
-_FASTEST_WORDS_PER_SECOND = 10.0
 # What faster-whisper's per-window decoding returns for a window it should skip as silent.
 _NO_SPEECH = types.SimpleNamespace(no_speech_prob=1.0, sequences_ids=[[]])
 
@@ -237,18 +235,7 @@ class FasterWhisperTranscriber:
         result, logprob, temperature, ratio = self._decode_window(
             encoder_output, prompt, tokenizer, once
         )
-        improbable = options.log_prob_threshold is not None and logprob < options.log_prob_threshold
-        failed = improbable or (
-            options.compression_ratio_threshold is not None
-            and ratio > options.compression_ratio_threshold
-        )
-        # faster-whisper's own test for silence (no fallback; the window is then skipped)
-        silent = (
-            improbable
-            and options.no_speech_threshold is not None
-            and result.no_speech_prob > options.no_speech_threshold
-        )
-        if failed and not silent:
+        if not _passes((result, logprob, temperature, ratio), options):
             log.debug("a %.1f s tail window read as no speech", self._encodings.seconds())
             return _NO_SPEECH, -math.inf, 0.0, 0.0
         return result, logprob, temperature, ratio
@@ -312,7 +299,7 @@ class FasterWhisperTranscriber:
 
 def _passes(decoded: tuple[Any, float, float, float], options: Any) -> bool:
     """Whether a window's reading needs no fallback, by faster-whisper's rules (a reading of
-    silence needs none)."""
+    silence needs none: faster-whisper skips the window)."""
     result, logprob, _, ratio = decoded
     improbable = options.log_prob_threshold is not None and logprob < options.log_prob_threshold
     if (
@@ -348,14 +335,16 @@ def _said_again(decoded: tuple[Any, float, float, float], tokenizer: Any, option
     for start, end, text in segments:
         words = words_of(text.lower())
         if len(words) >= _REPEAT_WORDS and end is not None:
-            if len(words) > _FASTEST_WORDS_PER_SECOND * (end - start) * _TIMESTAMP_SECONDS:
+            if len(words) > FASTEST_WORDS_PER_SECOND * (end - start) * _TIMESTAMP_SECONDS:
                 return False  # faster than anyone speaks: the reading is not to be trusted
             if f" {' '.join(words)} " in before:
                 repeats += 1
                 continue
         kept.append(text)
         before += " ".join(words) + " "
-    if not repeats or _compression_ratio("".join(kept).strip()) > threshold:
+    from faster_whisper.transcribe import get_compression_ratio  # loaded with the model
+
+    if not repeats or get_compression_ratio("".join(kept).strip()) > threshold:
         return False
     log.debug("kept a reading that repeats %d sentence(s) of its window", repeats)
     return True
@@ -381,12 +370,6 @@ def _timed_segments(tokens: list[int], tokenizer: Any) -> list[tuple[int, int | 
     if text and start is not None:
         segments.append((start, None, tokenizer.decode(text)))
     return segments
-
-
-def _compression_ratio(text: str) -> float:
-    """Whisper's measure of repetition: how many times gzip shrinks the text (bytes)."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data))
 
 
 class _ReuseLastEncoding:
