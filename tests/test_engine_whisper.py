@@ -371,6 +371,69 @@ def test_a_draft_encodes_a_short_window_and_reads_the_same_words(
         assert _plain(draft) == _plain(full) == "and so my fellow americans", (draft, full)
 
 
+def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
+    harken_home: Path, unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
+) -> None:
+    # The first piece of a long recording: the encoder reads the audio and 8 s of padding, and
+    # the words are the whole window's. Where the short window's reading fails (whisper-tiny.en
+    # read "five, five", 1.8 s, as "5 5 5 5 ..." there), the window is read whole (3000 frames),
+    # as without the option; the short window's reading is bounded, a loop cut short. Where the
+    # language is unknown, nothing is cut: it is detected on the whole window.
+    from tests.test_hard_audio import levelled
+
+    settings = Settings(home=harken_home)
+    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
+    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=8)
+    frames: list[int] = []
+    bounds: list[int | None] = []  # each reading's max_new_tokens
+
+    def counting(model: FasterWhisperTranscriber) -> None:
+        encode, decode = model._encodings._encode, model._decode_window
+
+        def encoding(features: Any) -> Any:
+            frames.append(np.asarray(features).shape[-1])
+            return encode(features)
+
+        def decoding(*args: Any) -> Any:
+            bounds.append(args[-1].max_new_tokens)
+            return decode(*args)
+
+        model._encodings._encode = encoding
+        model._decode_window = decoding  # type: ignore[method-assign]
+
+    counting(tiny)
+    counting(unbatched)
+    jfk = decode_audio(speech["jfk_inaugural_1961"].bytes())  # 11.0 s
+    pad = np.zeros(1600, dtype=np.float32)
+    cards = decode_audio(speech["sphinx_cards_004"].bytes())  # 1.6 s
+    five = np.concatenate([pad, levelled(cards, -23.0), pad])
+    quick = TranscriptionOptions(language="en", short_window=True)
+    try:
+        for audio, cut in ((jfk, 1900), (five, 1000)):
+            frames.clear()
+            plain = dataclasses.replace(quick, short_window=False)
+            whole = "".join(s.text for s in tiny.transcribe(audio, plain).segments)
+            assert frames == [3000]
+            frames.clear()
+            bounds.clear()
+            short = list(tiny.transcribe(audio, quick).segments)
+            assert [s.temperature for s in short] == [0.0] * len(short)
+            assert _plain("".join(s.text for s in short)) == _plain(whole)
+            first = int(20 * (audio.shape[0] / 16_000 + 1))  # 20 tokens a second, and 20
+            if audio is jfk:
+                assert (frames, bounds) == ([cut], [first])
+            else:  # "5 5 5 5 ...": read whole after failing, as without the option
+                assert (frames, bounds) == ([cut, 3000], [first, None])
+        frames.clear()
+        detected = unbatched.transcribe(jfk, dataclasses.replace(quick, language=None))
+        assert detected.info.language == "en"
+        list(detected.segments)
+        assert frames == [3000], "the language is told from the whole window, encoded once"
+    finally:
+        assert tiny.batcher is not None
+        tiny.batcher.close()
+
+
 def _plain(text: str) -> str:
     return " ".join("".join(c for c in w.lower() if c.isalnum()) for w in text.split())
 

@@ -253,6 +253,37 @@ def test_short_clips_take_the_unchanged_path(server: Any, speech: dict[str, Clip
         assert cut == raw
 
 
+def test_only_the_first_piece_of_a_long_recording_is_read_in_a_short_window(
+    server: Any, speech: dict[str, Clip], monkeypatch: pytest.MonkeyPatch
+):
+    """The first text comes after one stretch of speech, read in a short window (the engine's
+    `short_window`: about half the time); every other piece, and what is read again, in a
+    whole one. A recording of one piece is a short clip, read as the raw engine reads it."""
+    model = server.service._models[MODEL].transcriber
+    asked: list[bool] = []
+    transcribe = model.transcribe
+
+    def noting(audio: np.ndarray, options: TranscriptionOptions) -> Any:
+        asked.append(options.short_window)
+        return transcribe(audio, options)
+
+    monkeypatch.setattr(model, "transcribe", noting)
+    pause = np.zeros(2 * SAMPLE_RATE, dtype=np.int16)
+    names = ("jfk_inaugural_1961", "sphinx_goforward", "ls_3752-4944-0000", "ls_2412-153948-0000")
+    clips = [speech[name] for name in names]  # 37 s: over 30 s, a recording is cut in pieces
+    audio = np.concatenate([part for c in clips for part in (pause, decode_pcm16(c.bytes()))])
+    text = " ".join(
+        s.text for s in transcribe_long(model, audio, TranscriptionOptions("en")).segments
+    )
+    assert asked[0] and not any(asked[1:]), asked
+    assert len(asked) >= 2, "read in more than one piece"
+    assert normalize_text(text).startswith(normalize_text(clips[0].text)), text
+    asked.clear()
+    clip = decode_pcm16(clips[0].bytes())
+    list(transcribe_long(model, clip, TranscriptionOptions("en")).segments)
+    assert asked == [False]
+
+
 def test_pcm16_storage_matches_float_decoding(speech: dict[str, Clip]):
     raw = speech["librivox_shakespeare_sonnets_1-3"].bytes()
     pcm = decode_pcm16(raw)

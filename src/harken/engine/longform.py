@@ -51,10 +51,14 @@ previous text (`_SIBLING_PREVIOUS_TOKENS`), so that nearly all of them meet (the
 same whoever meets; a caller's prompt is kept whole, and then so is Whisper's). On a 2-core CPU
 the raw engine's cost is the beam search, token by token; eight windows' beam searches in one
 batch cost 0.62 s a window against 1.0 s alone (whisper-base). The first piece is read alone, so
-that the first text (and the language) comes after one stretch of speech; the others keep the
-same order in the stream. The piece at the head of the line is streamed as it is read, in step
-with the others: read at its own pace, its beam searches ran beside the others' batch and split
-it (11 minutes of turns: 12 of 30 windows searched alone; in step, 3).
+that the first text (and the language) comes after one stretch of speech, and in a window cut to
+its audio and 8 s of padding (`TranscriptionOptions.short_window`), which the encoder reads in a
+fraction of a 30 s window's time: the 1.5-minute benchmark file's first text after 0.57-0.59 s
+against 1.26-1.38 s (the same text but for one capital letter; a recording of one piece, a short
+clip, is read as the raw engine reads it); the others keep the same order in the stream. The
+piece at the head of the line is streamed as it is read, in step with the others: read at its
+own pace, its beam searches ran beside the others' batch and split it (11 minutes of turns: 12
+of 30 windows searched alone; in step, 3).
 
 What each rule bought, measured, and what was tried and dropped: docs/long-recordings.md.
 """
@@ -239,7 +243,10 @@ def transcribe_long(
         options = dataclasses.replace(options, language=opening[0])
     reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
     last_words = _LastWords()
-    detected, segments = reader.start(first, None, last_words, behind)
+    # The first text of a recording of several pieces comes sooner for a short window; a
+    # recording of one piece (a short clip) is read as the raw engine reads it.
+    quick = second is not None
+    detected, segments = reader.start(first, None, last_words, behind, quick)
     info = dataclasses.replace(detected, duration=duration)
     if opening is not None:
         info = dataclasses.replace(info, language_probability=opening[1])
@@ -353,13 +360,16 @@ class _PieceReader:
         before: str | None = None,
         last: _LastWords | None = None,
         behind: bool = False,
+        quick: bool = False,
     ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
         """Start reading: the info (language) once known, and the piece's segments as they
         are read. `before`: the text said just before the piece (see `_follows_on`), given
         to its first window as the words before it, after the caller's prompt. `last` is
         told the piece's last words once the model has read it through: a piece that follows
         on need not wait for what this one reads again. `behind`: voices behind the speaker
-        fill the piece's pauses; they are turned down before it is read (`turn_down_behind`)."""
+        fill the piece's pauses; they are turned down before it is read (`turn_down_behind`).
+        `quick`: read in a short window where the model can (`TranscriptionOptions.short_window`),
+        for the first text."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
@@ -373,7 +383,8 @@ class _PieceReader:
         words = self.options.word_timestamps
         options = dataclasses.replace(self.options, word_timestamps=bool(speech) or words)
         prompt = " ".join(text for text in (options.prompt, before) if text) or None
-        result = self.transcriber.transcribe(samples, dataclasses.replace(options, prompt=prompt))
+        reading = dataclasses.replace(options, prompt=prompt, short_window=quick)
+        result = self.transcriber.transcribe(samples, reading)
 
         def final(segments: Iterator[Segment]) -> Iterator[Segment]:
             for segment in segments:

@@ -56,6 +56,11 @@ class TranscriptionOptions:
     # A quick reading of at most one window, for live partial text that later readings check:
     # the model may trade a little accuracy for speed (see the backend for how).
     draft: bool = False
+    # Audio well under one window read in a window cut to its length and a little padding, not
+    # a whole 30 s one (about half the time for a few seconds of speech), where the language is
+    # known; a reading that fails the model's checks is made again on the whole window. The text
+    # may differ by a word or a comma. For the first text of a long recording (see the backend).
+    short_window: bool = False
 
 
 @dataclass(frozen=True, slots=True)

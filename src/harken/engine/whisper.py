@@ -42,7 +42,11 @@ _DRAFT_PADDING_SECONDS = 8.0
 # A draft stops after this many tokens a second of its audio (plus as many): Whisper reading
 # 0.6 s of a word can loop ("I'm sorry" fifty times, 200 tokens at 19 ms each).
 _DRAFT_TOKENS_PER_SECOND = 10
-# A last window shorter than this is read once, without fallbacks (`_decode_window_or_tail`).
+# A short window's first reading (`TranscriptionOptions.short_window`) that runs to this many
+# tokens a second of its audio (plus as many) is a loop, and is read again on the whole window.
+# The clips of ../shared (English, Chinese, Japanese, ...) came to at most 5 (timestamps aside).
+_SHORT_TOKENS_PER_SECOND = 20
+# A last window shorter than this is read once, without fallbacks (`_decode_tail`).
 _TAIL_SECONDS = 1.0
 _FRAMES_PER_SECOND = 100  # Whisper's mel frames
 _TIMESTAMP_SECONDS = 0.02  # one step of Whisper's timestamp tokens
@@ -121,7 +125,7 @@ class FasterWhisperTranscriber:
         self._encodings = _ReuseLastEncoding(self._model.encode)
         self._model.encode = self._encodings  # type: ignore[method-assign]
         self._decode_window = self._model.generate_with_fallback
-        self._model.generate_with_fallback = self._decode_window_or_tail  # type: ignore[method-assign]
+        self._model.generate_with_fallback = self._decode  # type: ignore[method-assign]
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self._tokenizer = self._model.hf_tokenizer
         log.info(
@@ -165,17 +169,22 @@ class FasterWhisperTranscriber:
     def transcribe(self, audio: np.ndarray, options: TranscriptionOptions) -> Transcription:
         audio = as_float32(audio)
         extractor = self._model.feature_extractor
-        if not options.draft or len(audio) > extractor.n_samples:
-            return self._transcribe(audio, options)
-        # A draft: the encoder reads the audio and a little padding, not a 30-second window
-        # (the padding is what a full window would have there); decoded here, in one go, as the
-        # shorter encoding lasts only while this thread reads it.
+        # The encoder reads the audio and a little padding, not a 30-second window (the padding
+        # is what a full window would have there): a draft, or short audio read for a quick
+        # first text. Decoded here, in one go, as the shorter encoding lasts only while this
+        # thread reads it.
         seconds = len(audio) / extractor.sampling_rate
         frames_per_second = extractor.sampling_rate // extractor.hop_length
         frames = int(np.ceil(seconds + _DRAFT_PADDING_SECONDS)) * frames_per_second
-        frames = min(frames, extractor.nb_max_frames)
-        tokens = int(_DRAFT_TOKENS_PER_SECOND * (seconds + 1))
-        with self._encodings.cut_to(frames):
+        known = options.language is not None or not self.multilingual  # nothing to detect
+        if options.draft and len(audio) <= extractor.n_samples:
+            tokens = int(_DRAFT_TOKENS_PER_SECOND * (seconds + 1))
+            cut = self._encodings.cut_to(min(frames, extractor.nb_max_frames))
+        elif options.short_window and known and frames < extractor.nb_max_frames:
+            tokens, cut = None, self._encodings.cut_to(frames, whole_if_failed=True)
+        else:
+            return self._transcribe(audio, options)
+        with cut:
             result = self._transcribe(audio, options, max_new_tokens=tokens)
             segments = tuple(result.segments)
         return Transcription(info=result.info, segments=iter(segments))
@@ -213,10 +222,43 @@ class FasterWhisperTranscriber:
             segments=_convert(segments, on_end=self._encodings.forget),
         )
 
-    def _decode_window_or_tail(
+    def _decode(self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any) -> Any:
+        """faster-whisper's decoding of one window (`generate_with_fallback`), but for a
+        window cut short (`_decode_short_window`), a short last window (`_decode_tail`) and a
+        window that says a sentence again (`_decode_window_or_repeats`)."""
+        if self._encodings.is_cut(whole_if_failed=True):
+            decoded = self._decode_short_window(encoder_output, prompt, tokenizer, options)
+            if decoded is not None:
+                return decoded
+            log.debug("a short window's reading failed: read on the whole window")
+            encoder_output = self._encodings.whole()
+        if self._encodings.is_tail():
+            return self._decode_tail(encoder_output, prompt, tokenizer, options)
+        return self._decode_window_or_repeats(encoder_output, prompt, tokenizer, options)
+
+    def _decode_short_window(
+        self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
+    ) -> Any | None:
+        """The first reading of a window cut short (`TranscriptionOptions.short_window`) if it
+        passes Whisper's checks, else None: it is no use sampling at higher temperatures on a
+        window the model was not trained on (whisper-tiny.en read "five, five" in 2 s of audio
+        as a loop at every temperature); the window is read whole instead, as any other. A
+        loop is cut short (`_SHORT_TOKENS_PER_SECOND`): it fails all the same."""
+        tokens = int(_SHORT_TOKENS_PER_SECOND * (self._encodings.seconds() + 1))
+        tokens = min(tokens, self._model.max_length - len(prompt))
+        once = dataclasses.replace(
+            options, temperatures=list(options.temperatures)[:1], max_new_tokens=tokens
+        )
+        first = self._decode_window(encoder_output, prompt, tokenizer, once)
+        ended = len(first[0].sequences_ids[0]) < tokens
+        if ended and (_passes(first, options) or _said_again(first, tokenizer, options)):
+            return first
+        return None
+
+    def _decode_tail(
         self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
     ) -> Any:
-        """faster-whisper's decoding of one window, but for a short last window.
+        """A short last window, read once.
 
         Within long audio Whisper often ends a window's text a little before the audio ends
         (its last segment closed, a breath or a pause left), and faster-whisper reads what is
@@ -229,8 +271,6 @@ class FasterWhisperTranscriber:
         10 s, and wrote "Ich wünsche euch einen schönen Abend."; WER 19.8-24.6% against the raw
         engine's 15.3%, and 16.4% with this. No English test recording changed.
         """
-        if not self._encodings.is_tail():
-            return self._decode_window_or_repeats(encoder_output, prompt, tokenizer, options)
         once = dataclasses.replace(options, temperatures=[0.0])
         result, logprob, temperature, ratio = self._decode_window(
             encoder_output, prompt, tokenizer, once
@@ -384,13 +424,28 @@ class _ReuseLastEncoding:
         self.reused = 0
 
     @contextlib.contextmanager
-    def cut_to(self, frames: int) -> Iterator[None]:
-        """Windows this thread encodes inside the block are cut to their first `frames`."""
+    def cut_to(self, frames: int, whole_if_failed: bool = False) -> Iterator[None]:
+        """Windows this thread encodes inside the block are cut to their first `frames`.
+        `whole_if_failed`: a window whose reading fails is read again whole (`whole`)."""
         self._local.frames = frames
+        self._local.whole_if_failed = whole_if_failed
         try:
             yield
         finally:
             self._local.frames = None
+            self._local.whole_if_failed = False
+            self._local.uncut = None
+
+    def is_cut(self, whole_if_failed: bool = False) -> bool:
+        """Whether this thread's last window was encoded cut short (and, if asked, is to be
+        read again whole where its reading fails)."""
+        if getattr(self._local, "uncut", None) is None:
+            return False
+        return not whole_if_failed or getattr(self._local, "whole_if_failed", False)
+
+    def whole(self) -> Any:
+        """The encoding of this thread's last window, not cut short."""
+        return self._encode(np.ascontiguousarray(self._local.uncut))
 
     def is_tail(self) -> bool:
         """Whether this thread's last window holds less than `_TAIL_SECONDS` of audio and is
@@ -405,8 +460,10 @@ class _ReuseLastEncoding:
     def __call__(self, features: np.ndarray) -> Any:
         array = np.asarray(features)
         frames = getattr(self._local, "frames", None)
-        if frames is not None:
+        self._local.uncut = None
+        if frames is not None and frames < array.shape[-1]:
             features = np.ascontiguousarray(array[..., :frames])
+            self._local.uncut = array
         last = getattr(self._local, "last", None)
         if last is not None and np.array_equal(last[0], features):
             self.reused += 1
