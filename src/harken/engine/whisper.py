@@ -226,11 +226,12 @@ class FasterWhisperTranscriber:
         """faster-whisper's decoding of one window (`generate_with_fallback`), but for a
         window cut short (`_decode_short_window`), a short last window (`_decode_tail`) and a
         window that says a sentence again (`_decode_window_or_repeats`)."""
-        if self._encodings.is_cut(whole_if_failed=True):
+        if self._encodings.whole_if_failed():
             decoded = self._decode_short_window(encoder_output, prompt, tokenizer, options)
             if decoded is not None:
                 return decoded
             log.debug("a short window's reading failed: read on the whole window")
+            # Word timestamps are still aligned on the short encoding: it holds all the audio.
             encoder_output = self._encodings.whole()
         if self._encodings.is_tail():
             return self._decode_tail(encoder_output, prompt, tokenizer, options)
@@ -436,12 +437,11 @@ class _ReuseLastEncoding:
             self._local.whole_if_failed = False
             self._local.uncut = None
 
-    def is_cut(self, whole_if_failed: bool = False) -> bool:
-        """Whether this thread's last window was encoded cut short (and, if asked, is to be
-        read again whole where its reading fails)."""
-        if getattr(self._local, "uncut", None) is None:
-            return False
-        return not whole_if_failed or getattr(self._local, "whole_if_failed", False)
+    def whole_if_failed(self) -> bool:
+        """Whether this thread's last window was encoded cut short, to be read again whole
+        where its reading fails (`cut_to`)."""
+        cut = getattr(self._local, "uncut", None) is not None
+        return cut and getattr(self._local, "whole_if_failed", False)
 
     def whole(self) -> Any:
         """The encoding of this thread's last window, not cut short."""
