@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -432,6 +433,38 @@ def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
     finally:
         assert tiny.batcher is not None
         tiny.batcher.close()
+
+
+def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperTranscriber) -> None:
+    # Two readings of a window that fail Whisper's checks for compressing too well, as the
+    # model gave them: a speaker saying a sentence three times (kept, not sampled again), and
+    # a loop over a crowd talking behind a speaker who said other things (sampled again, as
+    # Whisper would). Before the loop's compression was asked, both were kept.
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import TranscriptionOptions as WindowOptions
+    from faster_whisper.transcribe import get_compression_ratio
+
+    from harken.engine.whisper import _said_again
+
+    tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
+    checks = dataclasses.replace(
+        WindowOptions(**{f.name: None for f in dataclasses.fields(WindowOptions)}),
+        compression_ratio_threshold=2.4, log_prob_threshold=-1.0,
+    )  # fmt: skip
+
+    def reading(texts: list[str], seconds: float) -> tuple[Any, float, float, float]:
+        tokens: list[int] = []
+        for index, text in enumerate(texts):
+            start = tokenizer.timestamp_begin + round(index * seconds / 0.02)
+            tokens += [start, *tokenizer.encode(text), start + round(seconds / 0.02)]
+        window = types.SimpleNamespace(sequences_ids=[tokens], no_speech_prob=0.07)
+        return window, -0.1, 0.0, get_compression_ratio("".join(texts).strip())
+
+    said = " Mr. Quilter is the apostle of the middle classes, and we are glad to welcome him."
+    loop = " and I'm trying to reach out to you, and I'm trying to reach out to you,"
+    assert 2.4 < reading([said] * 3, 7.0)[3] < 4.8 < reading([loop] * 10, 2.0)[3]
+    assert _said_again(reading([said] * 3, 7.0), tokenizer, checks)
+    assert not _said_again(reading([loop] * 10, 2.0), tokenizer, checks)
 
 
 def _plain(text: str) -> str:

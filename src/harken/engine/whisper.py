@@ -53,6 +53,14 @@ _TIMESTAMP_SECONDS = 0.02  # one step of Whisper's timestamp tokens
 # A sentence said again in a window, this many words or more, need not be a decoding loop
 # (`_said_again`), unless its words come faster than anyone speaks.
 _REPEAT_WORDS = 4
+# ...nor where the reading compresses more than this many times Whisper's own threshold: one
+# sentence written ten times over, a loop. Readings kept as sentences said again (three sayings
+# of a sentence in a window, English clips said twice in a row, Japanese) compressed 2.4-3.4
+# times; loops that were kept on recordings with a crowd talking behind the speaker, 6.4-14.8
+# ("and I'm trying to reach out to you," twenty times a window, three windows in a row, each
+# prompted with the one before, over a speaker saying other things: WER 60.6%, the raw engine
+# 34.0%; with the loops read again at higher temperatures, 37.9%).
+_SAID_AGAIN_MOST = 2.0
 # What faster-whisper's per-window decoding returns for a window it should skip as silent.
 _NO_SPEECH = types.SimpleNamespace(no_speech_prob=1.0, sequences_ids=[[]])
 
@@ -358,12 +366,13 @@ def _said_again(decoded: tuple[Any, float, float, float], tokenizer: Any, option
     without its segments whose words all stand, in order, in its text before them: sentences
     said again at their own times (`_REPEAT_WORDS` words or more; a sentence is not always cut
     into segments the same way twice). Not where any segment's words come faster than anyone
-    speaks: a sentence said twice was once written three times, once in 0.75 s. A loop
+    speaks: a sentence said twice was once written three times, once in 0.75 s. Nor where the
+    reading compresses far more than Whisper allows (`_SAID_AGAIN_MOST`): a loop. A loop
     inside a segment still fails; a segment written again in a loop is the long-form reader's
     to judge (`longform._without_loops` reads its audio alone)."""
     result, logprob, _, ratio = decoded
     threshold = options.compression_ratio_threshold
-    if threshold is None or ratio <= threshold:
+    if threshold is None or not threshold < ratio <= _SAID_AGAIN_MOST * threshold:
         return False
     if options.log_prob_threshold is not None and logprob < options.log_prob_threshold:
         return False
