@@ -435,50 +435,6 @@ def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
         tiny.batcher.close()
 
 
-def babble(speech: dict[str, Any], clips: tuple[str, ...], seconds: float) -> np.ndarray:
-    """`seconds` of the clips said at once, each from its second second, at -26 dB."""
-    from tests.test_hard_audio import levelled
-
-    mixed = np.zeros(int(seconds * 16_000), dtype=np.float32)
-    for clip in clips:
-        part = levelled(decode_audio(speech[clip].bytes())[16_000:][: mixed.shape[0]], -26.0)
-        mixed[: part.shape[0]] += part
-    return mixed
-
-
-def test_a_window_read_once_is_not_sampled_and_a_failed_reading_is_no_speech(
-    unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
-) -> None:
-    # Three voices at once: whisper-base's reading at temperature 0 fails Whisper's checks, and
-    # the window is sampled again at higher temperatures, which write a sentence no one said.
-    # Read once (what a long recording reads again on its own), it is one reading at
-    # temperature 0 and no text. A clip that reads cleanly gives the same words either way.
-    three = babble(speech, ("ls_1995-1837-0001", "ls_1988-24833-0002", "librivox_sns01_0930"), 2.5)
-    jfk = decode_audio(speech["jfk_inaugural_1961"].bytes())
-    temperatures: list[list[float]] = []  # each decoding's
-    decode = unbatched._decode_window
-
-    def decoding(*args: Any) -> Any:
-        temperatures.append(list(args[-1].temperatures))
-        return decode(*args)
-
-    unbatched._decode_window = decoding  # type: ignore[method-assign]
-    plain = TranscriptionOptions(language="en")
-    once = dataclasses.replace(plain, read_once=True)
-    try:
-        sampled = list(unbatched.transcribe(three, plain).segments)
-        assert sampled and min(s.temperature for s in sampled) > 0, sampled
-        assert temperatures == [[0.0], [0.2, 0.4, 0.6, 0.8, 1.0]]
-        temperatures.clear()
-        assert list(unbatched.transcribe(three, once).segments) == []
-        assert temperatures == [[0.0]]
-        text = ["".join(s.text for s in unbatched.transcribe(jfk, how).segments)
-                for how in (plain, once)]  # fmt: skip
-        assert text[0] == text[1] and "fellow americans" in _plain(text[0]), text
-    finally:
-        unbatched._decode_window = decode  # type: ignore[method-assign]
-
-
 def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperTranscriber) -> None:
     # Two readings of a window that fail Whisper's checks for compressing too well, as the
     # model gave them: a speaker saying a sentence three times (kept, not sampled again), and

@@ -337,43 +337,6 @@ def test_a_turn_read_again_is_read_without_the_voices_behind(
     assert trigrams(text) & said_behind - trigrams(" ".join(c.text for c in front)) == set(), text
 
 
-def test_what_is_read_again_is_read_once(server: Any, speech: dict[str, Clip]) -> None:
-    """Between two turns, 2.5 s of three voices at once, which the piece's reading (scripted)
-    leaves out. It is read again on its own, once: whisper-base's reading at temperature 0
-    fails Whisper's checks, and it gives no text. Sampled again at higher temperatures, as it
-    was before, it wrote "The Mascot head just haven't reached room to start at the end of it."
-    (a crowd 9 dB under a speaker, built apart from the tests: 176 -> 160 word errors)."""
-    from tests.test_engine_whisper import babble
-
-    first, second = speech["jfk_inaugural_1961"], speech["ls_1272-128104-0000"]
-    one = levelled(decode_audio(first.bytes()), -23.0)
-    two = levelled(decode_audio(second.bytes()), -23.0)
-    three = babble(speech, ("ls_1988-24833-0003", "ls_1988-24833-0002", "librivox_sns01_0870"), 2.5)
-    gap = np.zeros(SAMPLE_RATE // 2, dtype=np.float32)
-    audio = np.concatenate([gap, one, gap, three, gap, two, gap])
-    ends = (gap.shape[0] + one.shape[0]) / SAMPLE_RATE
-    starts = ends + (2 * gap.shape[0] + three.shape[0]) / SAMPLE_RATE
-    first_read = [
-        spoken(0.5, ends, " " + first.text),
-        spoken(starts, starts + two.shape[0] / SAMPLE_RATE, " " + second.text),
-    ]
-    model = server.service._models[BASE].transcriber
-    temperatures: list[list[float]] = []  # each decoding's
-    decode = model._decode_window
-
-    def decoding(*args: Any) -> Any:
-        temperatures.append(list(args[-1].temperatures))
-        return decode(*args)
-
-    model._decode_window = decoding
-    try:
-        text = read_after(model, audio, first_read)
-    finally:
-        model._decode_window = decode
-    assert temperatures == [[0.0]], "read again once"
-    assert normalize_text(text) == normalize_text(f"{first.text} {second.text}"), text
-
-
 def test_a_turn_begun_before_the_last_ended_is_read_again_in_order(
     server: Any, speech: dict[str, Clip]
 ) -> None:

@@ -469,18 +469,7 @@ class _PieceReader:
         place of it: its times spanned speech it skipped, so its text belongs after that
         speech's, or before, and only a reading of both can tell. Those of `stretches` that are
         in `sound` are not speech to `_made_up`: what the model wrote over them while doubting
-        there was speech is dropped, as over any pause.
-
-        Each is read once (`TranscriptionOptions.read_once`, unless the caller chose a
-        temperature): a reading that fails Whisper's checks at temperature 0 gives no text,
-        where it was sampled again at higher temperatures. Read alone, such spans were voices
-        behind the speaker: over a crowd 9 dB under the speaker (a recording built apart from
-        the tests, 4 min, whisper-base), three of eight spans read again, and one segment's
-        audio read alone (`_said_alone`), were sampled up to temperature 1.0 and wrote what no
-        one said there ("That is what makes us like to do it now."), at 3-7 s each. Read once:
-        176 -> 160 word errors (the raw engine 166), in 40.6 s instead of 51.6 s (raw 29.9 s).
-        Ten other recordings (turns, a telephone line, tight pauses, a monologue, a faint one,
-        a lead-in of noise, voices behind 10-16 dB under) read the same text either way."""
+        there was speech is dropped, as over any pause."""
         speech = tuple(stretch for stretch in stretches if stretch not in sound)
         read_until = 0.0
         for start, end in _unheard(tuple(stretches), heard, length, unreadable):
@@ -504,8 +493,7 @@ class _PieceReader:
             log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
                      "(%d segments with it)", start, end, len(hiding))  # fmt: skip
             again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
-            once = dataclasses.replace(options, read_once=self.falls_back)
-            result = self.transcriber.transcribe(again, once)
+            result = self.transcriber.transcribe(again, options)
             moved = (_moved(segment, begin / SAMPLE_RATE) for segment in result.segments)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
             for segment in _heard(moved, speech, stop / SAMPLE_RATE, unread):
@@ -869,15 +857,13 @@ def _said_alone(
     script: ChineseScript | None = None,
 ) -> Callable[[Segment], bool]:
     """Whether most of a segment's words (`_SAID_SHARE`, in order) are in what the model reads
-    in its own span of `audio` (padded by `_REREAD_PAD`), read alone (and once, as what is read
-    again, see `_PieceReader._read_again`); in Chinese `script`, if given, as the segment is.
-    Each character of Chinese counts as a word (`words_of`)."""
+    in its own span of `audio` (padded by `_REREAD_PAD`), read alone; in Chinese `script`, if
+    given, as the segment is. Each character of Chinese counts as a word (`words_of`)."""
 
     def said(segment: Segment) -> bool:
         begin = max(0, int((segment.start - _REREAD_PAD) * SAMPLE_RATE))
         end = min(audio.shape[0], int((segment.end + _REREAD_PAD) * SAMPLE_RATE))
-        once = options.temperature is None
-        alone = dataclasses.replace(options, prompt=None, word_timestamps=False, read_once=once)
+        alone = dataclasses.replace(options, prompt=None, word_timestamps=False)
         result = transcriber.transcribe(as_float32(audio[begin:end]), alone)
         read = "".join(s.text for s in result.segments)
         if script is not None:

@@ -61,11 +61,6 @@ class TranscriptionOptions:
     # known; a reading that fails the model's checks is made again on the whole window. The text
     # may differ by a word or a comma. For the first text of a long recording (see the backend).
     short_window: bool = False
-    # Each window read once, at temperature 0, and a reading that fails the model's checks taken
-    # for no speech, instead of being sampled again at higher temperatures. For audio a long
-    # recording reads again on its own (see longform): what only sampling could read there was
-    # voices behind the speaker, or nothing.
-    read_once: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ _DRAFT_TOKENS_PER_SECOND = 10
 # tokens a second of its audio (plus as many) is a loop, and is read again on the whole window.
 # The clips of ../shared (English, Chinese, Japanese, ...) came to at most 5 (timestamps aside).
 _SHORT_TOKENS_PER_SECOND = 20
-# A last window shorter than this is read once, without fallbacks (`_decode_once`).
+# A last window shorter than this is read once, without fallbacks (`_decode_tail`).
 _TAIL_SECONDS = 1.0
 _FRAMES_PER_SECOND = 100  # Whisper's mel frames
 _TIMESTAMP_SECONDS = 0.02  # one step of Whisper's timestamp tokens
@@ -133,7 +133,6 @@ class FasterWhisperTranscriber:
         self._encodings = _ReuseLastEncoding(self._model.encode)
         self._model.encode = self._encodings  # type: ignore[method-assign]
         self._decode_window = self._model.generate_with_fallback
-        self._reading = threading.local()  # this thread's transcription reads once (`read_once`)
         self._model.generate_with_fallback = self._decode  # type: ignore[method-assign]
         self.multilingual: bool = bool(self._model.model.is_multilingual)
         self._tokenizer = self._model.hf_tokenizer
@@ -181,34 +180,22 @@ class FasterWhisperTranscriber:
         # The encoder reads the audio and a little padding, not a 30-second window (the padding
         # is what a full window would have there): a draft, or short audio read for a quick
         # first text. Decoded here, in one go, as the shorter encoding lasts only while this
-        # thread reads it; so is audio read once (`TranscriptionOptions.read_once`).
+        # thread reads it.
         seconds = len(audio) / extractor.sampling_rate
         frames_per_second = extractor.sampling_rate // extractor.hop_length
         frames = int(np.ceil(seconds + _DRAFT_PADDING_SECONDS)) * frames_per_second
         known = options.language is not None or not self.multilingual  # nothing to detect
-        cut: contextlib.AbstractContextManager[None]
         if options.draft and len(audio) <= extractor.n_samples:
             tokens = int(_DRAFT_TOKENS_PER_SECOND * (seconds + 1))
             cut = self._encodings.cut_to(min(frames, extractor.nb_max_frames))
         elif options.short_window and known and frames < extractor.nb_max_frames:
             tokens, cut = None, self._encodings.cut_to(frames, whole_if_failed=True)
-        elif options.read_once:
-            tokens, cut = None, contextlib.nullcontext()
         else:
             return self._transcribe(audio, options)
-        with cut, self._read_once(options.read_once):
+        with cut:
             result = self._transcribe(audio, options, max_new_tokens=tokens)
             segments = tuple(result.segments)
         return Transcription(info=result.info, segments=iter(segments))
-
-    @contextlib.contextmanager
-    def _read_once(self, once: bool) -> Iterator[None]:
-        """Windows this thread reads inside the block are read once (`_decode_once`)."""
-        self._reading.once = once
-        try:
-            yield
-        finally:
-            self._reading.once = False
 
     def _transcribe(
         self, audio: np.ndarray, options: TranscriptionOptions, max_new_tokens: int | None = None
@@ -245,9 +232,8 @@ class FasterWhisperTranscriber:
 
     def _decode(self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any) -> Any:
         """faster-whisper's decoding of one window (`generate_with_fallback`), but for a
-        window cut short (`_decode_short_window`), a short last window and a window asked to be
-        read once (`_decode_once`), and a window that says a sentence again
-        (`_decode_window_or_repeats`)."""
+        window cut short (`_decode_short_window`), a short last window (`_decode_tail`) and a
+        window that says a sentence again (`_decode_window_or_repeats`)."""
         if self._encodings.whole_if_failed():
             decoded = self._decode_short_window(encoder_output, prompt, tokenizer, options)
             if decoded is not None:
@@ -255,8 +241,8 @@ class FasterWhisperTranscriber:
             log.debug("a short window's reading failed: read on the whole window")
             # Word timestamps are still aligned on the short encoding: it holds all the audio.
             encoder_output = self._encodings.whole()
-        if self._encodings.is_tail() or getattr(self._reading, "once", False):
-            return self._decode_once(encoder_output, prompt, tokenizer, options)
+        if self._encodings.is_tail():
+            return self._decode_tail(encoder_output, prompt, tokenizer, options)
         return self._decode_window_or_repeats(encoder_output, prompt, tokenizer, options)
 
     def _decode_short_window(
@@ -278,13 +264,10 @@ class FasterWhisperTranscriber:
             return first
         return None
 
-    def _decode_once(
+    def _decode_tail(
         self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
     ) -> Any:
-        """A window read once, at temperature 0: a reading that fails Whisper's checks (but
-        for sentences said again, see `_decode_window_or_repeats`) counts as a window without
-        speech. For windows read with `TranscriptionOptions.read_once`, and for a short last
-        window.
+        """A short last window, read once.
 
         Within long audio Whisper often ends a window's text a little before the audio ends
         (its last segment closed, a breath or a pause left), and faster-whisper reads what is
@@ -295,15 +278,16 @@ class FasterWhisperTranscriber:
         and a read that would need a fallback counts as a window without speech. On a German
         reading cut into pieces (3.8 min, whisper-base) one such tail took five fallbacks,
         10 s, and wrote "Ich wünsche euch einen schönen Abend."; WER 19.8-24.6% against the raw
-        engine's 15.3%, and 16.4% with this. No English test recording changed. What a long
-        recording reads again on its own is read so too (see `longform._read_again`).
+        engine's 15.3%, and 16.4% with this. No English test recording changed.
         """
         once = dataclasses.replace(options, temperatures=[0.0])
-        decoded = self._decode_window(encoder_output, prompt, tokenizer, once)
-        if _passes(decoded, options) or _said_again(decoded, tokenizer, options):
-            return decoded
-        log.debug("a window of %.1f s read once as no speech", self._encodings.seconds())
-        return _NO_SPEECH, -math.inf, 0.0, 0.0
+        result, logprob, temperature, ratio = self._decode_window(
+            encoder_output, prompt, tokenizer, once
+        )
+        if not _passes((result, logprob, temperature, ratio), options):
+            log.debug("a %.1f s tail window read as no speech", self._encodings.seconds())
+            return _NO_SPEECH, -math.inf, 0.0, 0.0
+        return result, logprob, temperature, ratio
 
     def _decode_window_or_repeats(
         self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
