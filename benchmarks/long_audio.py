@@ -14,6 +14,9 @@ Recordings, made in a temporary folder from the speech set:
 - `--background [DB ...]`: forty English clips 0.4-1.5 s apart over talk in the background that
   never stops (the other clips, 18 dB under the speaker, or each DB given), FLAC: only the
   speaker is in the reference.
+- `--noise [DB ...]`: every English clip but the sonnets at -26 to -20 dB, 0.5-2 s apart, over
+  steady noise (a dull hiss) 8 dB under -23 dB, or each DB given, as Opus at 32 kbps: VAD takes
+  the pauses, full of noise at the speech's level, for sound to read.
 
 Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
@@ -28,7 +31,8 @@ Each is transcribed three ways, each in a fresh process so that peak memory is i
 Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
-        [--turns] [--levels] [--phone] [--background [DB ...]] [--harken-only] [--no-vad-row]
+        [--turns] [--levels] [--phone] [--background [DB ...]] [--noise [DB ...]]
+        [--harken-only] [--no-vad-row]
         [--keep DIR]
 """
 
@@ -299,6 +303,26 @@ def make_background(folder: Path, under_db: float = 18.0) -> tuple[Path, str, fl
     return path, " ".join(c.text for c in front), recording_seconds(path)
 
 
+def make_noise(folder: Path, under_db: float = 8.0) -> tuple[Path, str, float]:
+    """Every English clip but the sonnets at -26 to -20 dB, 0.5-2 s apart, over steady noise
+    (white noise averaged over 8 samples: a dull hiss) `under_db` under -23 dB, as Opus."""
+    from harken.audio import decode_audio
+    from tests.test_hard_audio import encode, hiss, levelled
+
+    english = [c for c in shared_clips().values()
+               if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
+    rng = np.random.default_rng(24)
+    order = [english[i] for i in rng.permutation(len(english))]
+    parts = []
+    for clip in order:
+        parts += [levelled(decode_audio(clip.bytes()), rng.uniform(-26.0, -20.0)),
+                  np.zeros(int(rng.uniform(0.5, 2.0) * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
+    clips = np.concatenate(parts)
+    path = folder / f"noise-{under_db:g}dB.ogg"
+    encode(clips + hiss(clips.shape[0], -23.0 - under_db, rng), path)
+    return path, " ".join(c.text for c in order), recording_seconds(path)
+
+
 def recording_seconds(path: Path) -> float:
     from harken.audio import decode_pcm16
 
@@ -318,6 +342,13 @@ def main() -> None:
         nargs="*",
         metavar="DB",
         help="a speaker over talk in the background, DB under the speaker (default 18)",
+    )
+    parser.add_argument(
+        "--noise",
+        type=float,
+        nargs="*",
+        metavar="DB",
+        help="clips over steady noise, DB under them (default 8)",
     )
     parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
     parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
@@ -354,6 +385,8 @@ def main() -> None:
     for under_db in [18.0] if args.background == [] else args.background or []:
         name = "background" if under_db == 18.0 else f"background {under_db:g} dB"
         recordings.append((name, *make_background(folder, under_db)))
+    for under_db in [8.0] if args.noise == [] else args.noise or []:
+        recordings.append((f"noise {under_db:g} dB", *make_noise(folder, under_db)))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"

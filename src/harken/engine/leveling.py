@@ -42,11 +42,23 @@ def speech_level_db(samples: np.ndarray) -> float:
     return 10.0 * np.log10(power + 1e-12)
 
 
-def seconds_at_level(samples: np.ndarray, level_db: float, within_db: float) -> float:
-    """How many seconds of `samples` are no more than `within_db` under `level_db` (counted
-    in 20 ms frames)."""
+def seconds_at_level(
+    samples: np.ndarray, level_db: float, within_db: float, floor_db: float = -np.inf
+) -> float:
+    """How many seconds of `samples` are no more than `within_db` under `level_db`, and at
+    `floor_db` or above (counted in 20 ms frames)."""
     decibels = 10.0 * np.log10(_frame_powers(samples) + 1e-12)
-    return float(np.count_nonzero(decibels >= level_db - within_db)) * _FRAME / SAMPLE_RATE
+    loud = decibels >= max(level_db - within_db, floor_db)
+    return float(np.count_nonzero(loud)) * _FRAME / SAMPLE_RATE
+
+
+def floor_db(samples: np.ndarray) -> float:
+    """The level (dB re full scale) under which the quietest tenth of `samples`' 20 ms frames
+    lie: the noise a recording's pauses are filled with, or the silence."""
+    powers = _frame_powers(samples)
+    if powers.size == 0:
+        return -np.inf
+    return float(np.percentile(10.0 * np.log10(powers + 1e-12), 10))
 
 
 def span_at_level(
