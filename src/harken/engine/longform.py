@@ -143,8 +143,8 @@ _LOUD_SECONDS = 0.5
 # apart from the tests, whisper-base): 1.60x, 1.33x, 1.09x and 0.96x the raw engine's time,
 # now 0.68x, 0.81x, 0.87x and 0.75x; the same text but for one word, and the turns 225 -> 215
 # word errors (two quiet clips, 3 dB over the noise, went unread: "four queen of clubs", read
-# again, had given "4 green of course"). Fourteen recordings without such noise (the benchmark's,
-# voices behind, crowds, rumble and hum) read the same, but for two crowds' sampled windows.
+# again, had given "4 green of course"). Twelve recordings without such noise (the benchmark's,
+# voices behind, crowds, faint speech) read the same, but for two crowds' sampled windows.
 _ABOVE_FLOOR_DB = 6.0
 # In what is read again, the voices behind the speaker are turned down this much: read alone,
 # the speaker's pauses full of them, Whisper wrote them in ("ten of clubs and so my fellow
