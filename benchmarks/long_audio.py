@@ -32,8 +32,7 @@ Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
         [--turns] [--levels] [--phone] [--background [DB ...]] [--noise [DB ...]]
-        [--harken-only] [--no-vad-row]
-        [--keep DIR]
+        [--harken-only] [--no-vad-row] [--keep DIR]
 """
 
 from __future__ import annotations
