@@ -184,7 +184,7 @@ def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
 ) -> None:
     # A group that cuts previous texts to 3 tokens: prompts with 5 and 7 tokens of it run as
     # one batch, each with its own last 3; a prompt without previous text is left as it is, and
-    # so are the prompts of a group that does not cut and of a member that keeps them whole.
+    # so are the prompts of a group that does not cut.
     monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
     monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
     seen: list[list[list[int]]] = []
@@ -196,11 +196,11 @@ def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
 
     batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, previous_token=0)
 
-    def read(group: SiblingGroup, prompts: list[list[int]], whole: int = -1) -> list[list[int]]:
+    def read(group: SiblingGroup, prompts: list[list[int]]) -> list[list[int]]:
         joined = threading.Barrier(len(prompts))
 
         def sibling(prompt: list[int]) -> list[int]:
-            with group.member(whole_prompts=prompts.index(prompt) == whole):
+            with group.member():
                 joined.wait()
                 features = np.zeros((1, 4, 6), dtype=np.float32)
                 batcher.encode(features)
@@ -215,8 +215,6 @@ def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
         assert cut == [[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2], [1, 2]]
         assert sorted(seen) == [[[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2]], [[1, 2]]]
         assert read(SiblingGroup(), [five, seven]) == [five, seven]
-        # A member that keeps its prompts whole (a piece read on from the one before it).
-        assert read(SiblingGroup(previous_tokens=3), [five, seven], whole=1)[1] == seven
     finally:
         batcher.close()
 

@@ -32,7 +32,6 @@ from harken.engine.longform import (
     _follows_on,
     _in_order,
     _joined_where_they_follow_on,
-    _LastWords,
     _made_up,
     _PieceReader,
     _said_alone,
@@ -895,24 +894,27 @@ def test_pieces_follow_on_only_where_voices_fill_the_pauses(speech: dict[str, Cl
         pieces = list(plan_pieces(audio, SegmentationOptions()))
         assert len(pieces) >= 4, len(pieces)
         assert {_follows_on(b, a) for a, b in itertools.pairwise(pieces)} == {follow}
-        # After the first (read alone, for the first text), those that follow on are read as
-        # one piece: the audio from the second piece's start to the end, every stretch in it.
+        # After the first (read alone, for the first text), those that follow on are joined
+        # into pieces of up to two minutes: together the audio from the second piece's start
+        # to the end, every stretch in it.
         joined = list(_joined_where_they_follow_on(iter(pieces[1:])))
         if not follow:
             assert joined == pieces[1:]
             continue
-        [one] = joined
-        assert (one.start, one.end) == (pieces[1].start, pieces[-1].end)
-        assert one.speech == tuple(span for piece in pieces[1:] for span in piece.speech)
-        assert one.read == ((one.start, one.end),)  # no pause long enough to be cut
+        assert len(joined) < len(pieces) - 1
+        assert all(p.end - p.start <= 120 * SAMPLE_RATE for p in joined)
+        assert (joined[0].start, joined[-1].end) == (pieces[1].start, pieces[-1].end)
+        assert all(a.end <= b.start for a, b in itertools.pairwise(joined))  # in order
+        assert [s for p in joined for s in p.speech] == [s for p in pieces[1:] for s in p.speech]
+        assert all(p.read == ((p.start, p.end),) for p in joined)  # no pause long enough to cut
 
 
-def test_talk_over_voices_that_never_stop_is_read_on_as_one_piece(
+def test_talk_over_voices_that_never_stop_is_read_in_joined_pieces(
     server: Any, speech: dict[str, Clip]
 ) -> None:
-    """Where the voices behind never stop, the model reads on from the first piece through one
-    joined piece, as the raw engine reads the file, and loses no clip in front. Both pieces
-    are read with the voices behind turned down in the speaker's pauses."""
+    """Where the voices behind never stop, the pieces after the first are joined into pieces of
+    up to two minutes, each read on with the text of its lead-in, and no clip in front is lost.
+    Every piece is read with the voices behind turned down in the speaker's pauses."""
     pauses = [0.7, 1.2, 0.5, 1.6, 0.9, 1.1] * 2
     front = ("ls_2412-153948-0000", "ls_1272-141231-0002", "ls_1089-134686-0000",
              "ls_1995-1837-0001", "librivox_sns01_0870", "ls_1272-128104-0000") * 2  # fmt: skip
@@ -933,7 +935,8 @@ def test_talk_over_voices_that_never_stop_is_read_on_as_one_piece(
     audio = voices + bed
     result = transcribe_long(Heard(), audio, options, on_piece=read.append)  # type: ignore[arg-type]
     text = "".join(s.text for s in result.segments)
-    assert len(read) == 2 and read[1].end == voices.shape[0], read
+    assert len(read) >= 2 and read[-1].end == voices.shape[0], read
+    assert all(p.end - p.start <= 120 * SAMPLE_RATE for p in read), read
     assert lost(tuple(clips), text) == [], text
     # The speaker's pauses, where only the voices behind (18 dB under on the whole, some
     # syllables less) are heard, as each piece's reading heard them: most 20 ms frames turned
@@ -953,8 +956,8 @@ def test_talk_over_voices_that_never_stop_is_read_on_as_one_piece(
         assert len(down) >= 20 and np.median(down) == pytest.approx(-30, abs=0.5), piece
 
 
-def test_pieces_that_follow_on_are_joined_up_to_ten_minutes() -> None:
-    """Pieces that follow on are joined while the joined piece spans at most ten minutes; a
+def test_pieces_that_follow_on_are_joined_up_to_two_minutes() -> None:
+    """Pieces that follow on are joined while the joined piece spans at most two minutes; a
     pause between two joined pieces is read as the planner reads one (a long one is cut)."""
     minute = 60 * SAMPLE_RATE
 
@@ -962,10 +965,10 @@ def test_pieces_that_follow_on_are_joined_up_to_ten_minutes() -> None:
         span = (int(start * minute), int(end * minute))
         return Piece(*span, (span,))
 
-    talk = [piece(k * 2, k * 2 + 2) for k in range(7)]  # 14 minutes of speech, cut every 2
+    talk = [piece(k / 2, k / 2 + 0.5) for k in range(11)]  # 5.5 minutes of speech, cut every 0.5
     joined = list(_joined_where_they_follow_on(iter(talk)))
-    assert [(p.start / minute, p.end / minute) for p in joined] == [(0, 10), (10, 14)]
-    assert joined[0].speech == tuple(s for p in talk[:5] for s in p.speech)
+    assert [(p.start / minute, p.end / minute) for p in joined] == [(0, 2), (2, 4), (4, 5.5)]
+    assert joined[0].speech == tuple(s for p in talk[:4] for s in p.speech)
 
     # A pause between two joined pieces is read as the planner reads one: up to 3 s as it is,
     # a longer one cut to 2 s.
@@ -979,22 +982,26 @@ def test_pieces_that_follow_on_are_joined_up_to_ten_minutes() -> None:
 
 
 class Prompted:
-    """A model that reads any audio as two segments naming its call, and notes the prompt each
-    reading was given, by the length of what it read (seconds)."""
+    """A model that reads any audio as two segments naming its call, and notes the prompt, the
+    options and the number of each reading, by the length of what it read (seconds)."""
 
     parallel_windows = 3
 
     def __init__(self) -> None:
         self.prompts: dict[int, str | None] = {}
+        self.options: dict[int, TranscriptionOptions] = {}
         self.heard: dict[int, np.ndarray] = {}
+        self.calls: dict[int, int] = {}
         self.lock = threading.Lock()
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
         seconds = samples.shape[0] / SAMPLE_RATE
         with self.lock:
             self.prompts[round(seconds)] = options.prompt
+            self.options[round(seconds)] = options
             self.heard[round(seconds)] = samples
             call = len(self.prompts)
+            self.calls[round(seconds)] = call
         time.sleep(0.2)  # the others have time to overtake it (and to turn voices down)
         said = [spoken(0.0, seconds / 2, f" Call {call} begins."),
                 spoken(seconds / 2, seconds, f" Call {call} ends.")]  # fmt: skip
@@ -1006,9 +1013,10 @@ class Prompted:
 
 def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     """A piece cut from the one before it where VAD heard no pause (voices behind the speaker
-    fill every pause) is read once that one has been, its first window prompted with the last
-    words before it, after the caller's prompt, and with what is far quieter than the speaker
-    (the voices behind) turned down; the others are read side by side, without, as they are."""
+    fill every pause) is read side by side with the others, its first window prompted with the
+    text of the 10 s before it (read alone, at temperature 0, in a short window), after the
+    caller's prompt, and with what is far quieter than the speaker (the voices behind) turned
+    down; the others are read without, as they are."""
     audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
     for start in (20, 50):  # a second 20 dB under the speaker
         audio[start * SAMPLE_RATE : (start + 1) * SAMPLE_RATE] *= np.float32(0.1)
@@ -1017,38 +1025,40 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
         spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
         return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
 
-    first = piece((0, 5))
-    follows = piece((5, 41))  # 36 s, speech all through: it follows on
-    after_pauses = piece((43, 60), (62, 80))  # 37 s, two pauses of 2 s: read side by side
-    follows_too = piece((80, 98))  # 18 s
+    first = piece((2, 6))
+    follows = piece((6, 42))  # 36 s, speech all through: it follows on (its lead-in: 0-6 s)
+    after_pauses = piece((44, 61), (63, 81))  # 37 s, two pauses of 2 s: read as it is
+    follows_too = piece((81, 99))  # 18 s (its lead-in: 71-81 s)
     assert [_follows_on(b, a) for a, b in itertools.pairwise(
         [first, follows, after_pauses, follows_too])] == [True, False, True]  # fmt: skip
     model = Prompted()
     options = TranscriptionOptions(language="en", prompt="Harken.")
     reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
-    first_words = _LastWords()
-    _, segments = reader.start(first, None, first_words)
+    _, segments = reader.start(first)
     rest = iter([follows, after_pauses, follows_too])
-    in_order = _in_order(reader, (first, first_words), segments, rest, lambda: False, 3)
-    texts = [s.text for s in in_order]
-    assert model.prompts[5] == "Harken."
-    assert model.prompts[36] == "Harken. Call 1 ends."
-    assert model.prompts[37] == "Harken."
-    # The pieces' texts in order; the last piece was read after the model had read the one
-    # before it.
-    assert texts[:2] == [" Call 1 begins.", " Call 1 ends."] and len(texts) == 8
-    assert texts[6:] == [" Call 4 begins.", " Call 4 ends."]
-    assert model.prompts[18] == "Harken." + texts[5]
+    texts = [s.text for s in _in_order(reader, first, segments, rest, lambda: False, 3)]
+    # The pieces' texts in order, and nothing of the lead-ins'.
+    calls = model.calls
+    assert texts == [f" Call {calls[seconds]} {half}." for seconds in (4, 36, 37, 18)
+                     for half in ("begins", "ends")]  # fmt: skip
+    assert model.prompts[4] == model.prompts[37] == "Harken."
+    for lead_in, seconds, begins in ((6, 36, 0), (10, 18, 71)):
+        said = f"Call {calls[lead_in]} begins. Call {calls[lead_in]} ends."
+        assert model.prompts[seconds] == f"Harken. {said}"
+        assert model.prompts[lead_in] is None and model.options[lead_in].temperature == 0.0
+        assert model.options[lead_in].short_window
+        heard = audio[begins * SAMPLE_RATE : (begins + lead_in) * SAMPLE_RATE]
+        assert np.array_equal(model.heard[lead_in], heard)
 
     def level(samples: np.ndarray, second: float) -> float:  # dB, the middle of one second
         middle = samples[int((second + 0.2) * SAMPLE_RATE) : int((second + 0.8) * SAMPLE_RATE)]
         return float(10 * np.log10(np.mean(np.square(middle))))
 
     # 20 dB under the speech around it, and so turned down 30 dB more where the piece follows
-    # on (the 36 s piece begins at 5 s, the 37 s one at 43 s).
-    assert level(model.heard[36], 15) == pytest.approx(level(audio, 20) - 30, abs=1)
-    assert level(model.heard[36], 5) == pytest.approx(level(audio, 10), abs=0.01)
-    assert level(model.heard[37], 7) == pytest.approx(level(audio, 50), abs=0.01)
+    # on (the 36 s piece begins at 6 s, the 37 s one at 44 s).
+    assert level(model.heard[36], 14) == pytest.approx(level(audio, 20) - 30, abs=1)
+    assert level(model.heard[36], 4) == pytest.approx(level(audio, 10), abs=0.01)
+    assert level(model.heard[37], 6) == pytest.approx(level(audio, 50), abs=0.01)
 
 
 def test_a_passage_written_twice_is_written_once() -> None:

@@ -100,29 +100,20 @@ class SiblingGroup:
     def __init__(self, previous_tokens: int | None = None) -> None:
         self.members: set[int] = set()
         # Each window's previous text is cut to its last this many tokens (None: left as
-        # Whisper gives it), so that the siblings' prompts have one length and meet in a batch;
-        # but for members that keep theirs whole.
+        # Whisper gives it), so that the siblings' prompts have one length and meet in a batch.
         self.previous_tokens = previous_tokens
-        self._whole: set[int] = set()
 
     @contextlib.contextmanager
-    def member(self, whole_prompts: bool = False) -> Iterator[None]:
+    def member(self) -> Iterator[None]:
         me = threading.get_ident()
         previous = getattr(_local, "siblings", None)
         self.members.add(me)
-        if whole_prompts:
-            self._whole.add(me)
         _local.siblings = self
         try:
             yield
         finally:
             _local.siblings = previous
             self.members.discard(me)
-            self._whole.discard(me)
-
-    def cuts(self) -> int | None:
-        """How many tokens of previous text the calling member's windows keep (None: all)."""
-        return None if threading.get_ident() in self._whole else self.previous_tokens
 
 
 def _check_cancelled() -> None:
@@ -210,7 +201,7 @@ class BatchingWhisper:
             return self._model.generate(features, prompts, **options)
         prompt = list(prompts[0])
         siblings = getattr(_local, "siblings", None)
-        keep = siblings.cuts() if siblings is not None else None
+        keep = siblings.previous_tokens if siblings is not None else None
         if keep is not None:
             prompt = self._cut(prompt, keep)
         sot = prompt.index(self.sot_token) if self.sot_token in prompt else len(prompt)

@@ -40,11 +40,11 @@ What reading a piece involves, and why:
 Pieces are read independently of each other, each with only the caller's prompt (speakers taking
 turns with quiet pauses between, the previous piece's text as prompt measured worse: WER 3.3% ->
 4.4%), except where pieces follow on from one another (`_follows_on`: voices behind the speaker
-fill every pause, so VAD hears one unbroken stretch and cut it for length): those are joined into
-one piece again (`_joined_where_they_follow_on`), read after the piece before it, with that
-piece's last words as its first window's prompt. Read without them, Whisper took up the voices
-behind at the piece's start where the raw engine, reading on from its previous text, kept to the
-speaker. Other pieces are read several at once
+fill every pause, so VAD hears one unbroken stretch and cut it for length): those are joined
+again into pieces of up to two minutes (`_joined_where_they_follow_on`), and each is read with
+the text of the 10 s before it (`_PieceReader._lead_in`) as its first window's prompt. Read
+without, Whisper took up the voices behind at the piece's start where the raw engine, reading
+on from its previous text, kept to the speaker. Pieces are read several at once
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
 as one batch, and each window after a piece's first is read with the last 64 tokens of its
@@ -74,7 +74,6 @@ import difflib
 import itertools
 import logging
 import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -192,8 +191,8 @@ _MAX_PARALLEL = 8  # pieces of one recording read at once
 # quiet, clipped, tight pauses, narrow band, a meeting) 0.84-0.96x the time, the same word
 # errors or fewer. 32 tokens lost words on the turns (WER 4.3-4.6% against 3.1-3.3% with 64 or
 # more). A caller's prompt is never cut: with one, the pieces keep Whisper's own previous text.
-# Nor is a piece's that follows on (voices behind; read on alone, it has no batch to meet): cut,
-# the benchmark's voices behind at 10 and 13 dB gave 100 and 77 word errors, whole 88 and 81.
+# Pieces that follow on (voices behind) are cut too, now that they are read side by side (read
+# on alone after the piece before them, they had no batch to meet and were not).
 _SIBLING_PREVIOUS_TOKENS = 64
 # A piece VAD took for speech this much of, from the end of the piece before it, follows on from
 # that piece (see `_follows_on`). Where voices behind the speaker (8-25 dB under) never stop, the
@@ -206,18 +205,28 @@ _SIBLING_PREVIOUS_TOKENS = 64
 # raw 20.4%), 6.5% -> 7.4-7.8% (25 dB, three of five pieces; raw 6.5%); 0.7-1.9x the time (read
 # one after another; fewer re-reads on some).
 _FOLLOWS_ON_SHARE = 0.98
-# Pieces that follow on from one another are read as one piece spanning up to this long (ten
-# minutes: 38 MB of float32 while it is read), after the piece before it and prompted with its
-# last words. Read one after another, each prompted with the last segment of the one before, a
-# piece's first window often came out without timestamps or ended a third of the way in, and the
-# next windows followed; joined, the model reads on with the whole text before it, as the raw
-# engine does. Word errors summed over recordings with voices behind never stopping (whisper-base,
-# one run each): ten built from ../shared like `--background` (10, 13 and 16 dB under, two clip
-# orders, FLAC), pieces one after another 533, joined 466, raw engine 603; four built otherwise
-# (the sonnets and twelve clips at -28 to -20 dB, 0.2-3 s apart, over a crowd of three voices 9,
-# 14 and 20 dB under as Opus, 12 dB as MP3), 411 and 390, raw 341. Time: 1.1x in all (0.8-1.7x).
-_JOINED_SECONDS = 600.0
+# Pieces that follow on from one another are read as one piece spanning up to this long, side
+# by side with the others, its first window prompted with the text of its lead-in
+# (`_LEAD_IN_SECONDS`). Read one after another, each prompted with the last segment of the one
+# before, a piece's first window often came out without timestamps or ended a third of the way
+# in; joined, the model reads on with the text before it, as the raw engine does (ten recordings
+# built like `--background`, whisper-base: one after another 533 word errors, joined 466, raw
+# engine 603). Joined up to ten minutes and read after the piece before it, with its last words,
+# a recording with voices behind all through was read one window after another, no faster than
+# the raw engine. 10.9 min of clips over voices 13 dB under (built apart from the tests), then
+# and now: 1.13x -> 0.73x the raw engine's time, 159 -> 150 word errors (raw engine 190-220);
+# 10 dB under, another clip order, 1.16x -> 1.07x, 319 -> 321 (raw 337). Five of 3.5-4.9 min
+# (the benchmark's at 10 and 13 dB under, crowds 9 and 14 dB under, another clip order 13 dB
+# under): 478 -> 469 word errors, 176.3 -> 172.2 s (what is read again takes the time there).
+_JOINED_SECONDS = 120.0
 _JOINED_SAMPLES = int(_JOINED_SECONDS * SAMPLE_RATE)
+# A piece that follows on is read with the text of this much audio before it (read alone, at
+# temperature 0, in a short window: about a second) as its first window's prompt: the words the
+# speaker was saying, the thread to keep where voices behind fill the pauses; and it need not
+# wait for the piece before it to be read.
+_LEAD_IN_SECONDS = 10.0
+_LEAD_IN_SAMPLES = int(_LEAD_IN_SECONDS * SAMPLE_RATE)
+_SHORTEST_LEAD_IN = SAMPLE_RATE  # less audio than this before a piece: no lead-in
 
 
 def transcribe_long(
@@ -255,18 +264,17 @@ def transcribe_long(
     if opening is not None:
         options = dataclasses.replace(options, language=opening[0])
     reader = _PieceReader(transcriber, audio, options, segmentation.level, on_piece)
-    last_words = _LastWords()
     # The first text of a recording of several pieces comes sooner for a short window; a
     # recording of one piece (a short clip) is read as the raw engine reads it.
     quick = second is not None
-    detected, segments = reader.start(first, None, last_words, behind, quick)
+    detected, segments = reader.start(first, behind, quick)
     info = dataclasses.replace(detected, duration=duration)
     if opening is not None:
         info = dataclasses.replace(info, language_probability=opening[1])
     reader.options = dataclasses.replace(options, language=options.language or info.language)
     parallel = parallel_pieces(transcriber)
     later = _joined_where_they_follow_on(pieces)
-    stream = _in_order(reader, (first, last_words), segments, later, should_stop, parallel)
+    stream = _in_order(reader, first, segments, later, should_stop, parallel)
     script = options.chinese_script or "simplified"
     converted = converts(info.language, script)
     if converted:
@@ -357,32 +365,34 @@ class _PieceReader:
         (the engine's schedule), or only at the one the caller chose."""
         return self.options.temperature is None
 
-    def read(
-        self,
-        piece: Piece,
-        before: str | None = None,
-        last: _LastWords | None = None,
-        behind: bool = False,
-    ) -> Iterator[Segment]:
-        _, segments = self.start(piece, before, last, behind)
+    def read(self, piece: Piece, follows_on: bool = False) -> Iterator[Segment]:
+        """The piece's segments, as they are read. `follows_on`: the piece was cut from the one
+        before it where VAD heard no pause (`_follows_on`): voices behind the speaker fill its
+        pauses, and its first window is prompted with the text of its lead-in (`_lead_in`)."""
+        before = self._lead_in(piece) if follows_on else None
+        _, segments = self.start(piece, follows_on, before=before)
         return segments
 
+    def _lead_in(self, piece: Piece) -> str | None:
+        """The text of the `_LEAD_IN_SECONDS` of audio before the piece, read alone at
+        temperature 0 in a short window; None where there is next to none."""
+        start = max(0, piece.start - _LEAD_IN_SAMPLES)
+        if piece.start - start < _SHORTEST_LEAD_IN:
+            return None
+        alone = dataclasses.replace(self.options, prompt=None, temperature=0.0,
+                                    word_timestamps=False, short_window=True)  # fmt: skip
+        result = self.transcriber.transcribe(as_float32(self.audio[start : piece.start]), alone)
+        return " ".join(s.text.strip() for s in result.segments).strip() or None
+
     def start(
-        self,
-        piece: Piece,
-        before: str | None = None,
-        last: _LastWords | None = None,
-        behind: bool = False,
-        quick: bool = False,
+        self, piece: Piece, behind: bool = False, quick: bool = False, before: str | None = None
     ) -> tuple[TranscriptionInfo, Iterator[Segment]]:
         """Start reading: the info (language) once known, and the piece's segments as they
-        are read. `before`: the text said just before the piece (see `_follows_on`), given
-        to its first window as the words before it, after the caller's prompt. `last` is
-        told the piece's last words once the model has read it through: a piece that follows
-        on need not wait for what this one reads again. `behind`: voices behind the speaker
-        fill the piece's pauses; they are turned down before it is read (`turn_down_behind`).
-        `quick`: read in a short window where the model can (`TranscriptionOptions.short_window`),
-        for the first text."""
+        are read. `behind`: voices behind the speaker fill the piece's pauses; they are turned
+        down before it is read (`turn_down_behind`). `quick`: read in a short window where the
+        model can (`TranscriptionOptions.short_window`), for the first text. `before`: the text
+        said just before the piece, given to its first window as the words before it, after
+        the caller's prompt."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))
@@ -410,8 +420,6 @@ class _PieceReader:
         length = samples.shape[0] / SAMPLE_RATE
         listened = speech if speech or piece.sound else None  # no VAD: neither
         heard = _heard(result.segments, listened, length, unreadable if self.falls_back else None)
-        if last is not None:
-            heard = last.noting(heard)
         if not speech:
             return result.info, final(heard)
         sound = piece.local_sound()
@@ -690,7 +698,7 @@ def _moved(segment: Segment, offset: float) -> Segment:
 
 def _in_order(
     reader: _PieceReader,
-    first: tuple[Piece, _LastWords],
+    first: Piece,
     first_segments: Iterator[Segment],
     pieces: Iterator[Piece],
     should_stop: Callable[[], bool],
@@ -699,32 +707,23 @@ def _in_order(
     """The first piece's segments, then every later piece's in order, `parallel` pieces read
     at once on threads of their own (which stop with the job: they share its cancel scope).
     The piece at the head of the line is streamed as it is read; the others wait their turn.
-    A piece that follows on from the one before it (`_follows_on`) is read once that one has
-    been read through by the model, with its last words."""
+    A piece that follows on from the one before it (`_follows_on`) is read with the text of
+    its lead-in, side by side with the others."""
     cancelled = current_cancel_event()
     siblings = SiblingGroup(None if reader.options.prompt else _SIBLING_PREVIOUS_TOKENS)
     pool: ThreadPoolExecutor | None = None
     pending: collections.deque[Iterator[Segment]] = collections.deque()
     previous = first
 
-    def read(
-        piece: Piece, out: queue.SimpleQueue[object], after: _LastWords | None, own: _LastWords
-    ) -> None:
+    def read(piece: Piece, out: queue.SimpleQueue[object], follows_on: bool) -> None:
         scope = cancel_scope(cancelled) if cancelled is not None else contextlib.nullcontext()
         try:
-            with scope:
-                # Waited for outside the siblings: their batches would wait for this thread.
-                before = after.wait() if after is not None else None
-                # A piece that follows on is read as the raw engine reads a file, with all the
-                # text before it (voices behind: the speaker's words are the thread to keep).
-                with siblings.member(whole_prompts=after is not None):
-                    for segment in reader.read(piece, before, own, behind=after is not None):
-                        out.put(segment)
+            with scope, siblings.member():
+                for segment in reader.read(piece, follows_on):
+                    out.put(segment)
             out.put(_END)
         except BaseException as exc:
             out.put(exc)
-        finally:
-            own.over()  # also when it stopped before its reading began
 
     def received(out: queue.SimpleQueue[object]) -> Iterator[Segment]:
         while True:
@@ -742,15 +741,15 @@ def _in_order(
             piece = next(pieces, None)
             if piece is None:
                 return
-            after = previous[1] if _follows_on(piece, previous[0]) else None
-            previous = (piece, _LastWords())
+            follows_on = _follows_on(piece, previous)
+            previous = piece
             if parallel == 1:
-                pending.append(_deferred(reader, piece, after, previous[1]))
+                pending.append(_deferred(reader, piece, follows_on))
                 continue
             if pool is None:
                 pool = ThreadPoolExecutor(parallel, thread_name_prefix="harken-piece")
             out: queue.SimpleQueue[object] = queue.SimpleQueue()
-            pool.submit(read, piece, out, after, previous[1])
+            pool.submit(read, piece, out, follows_on)
             pending.append(received(out))
 
     try:
@@ -770,33 +769,6 @@ def _in_order(
 
 
 _END = object()  # a piece's reading is over
-
-
-class _LastWords:
-    """The text of the last segment the model read in a piece, for the piece that follows on
-    from it; None once the reading is over (or failed, or was stopped) without text. A pool
-    runs pieces in the order they were given, so the piece waited for has always started."""
-
-    def __init__(self) -> None:
-        self._over = threading.Event()
-        self._text: str | None = None
-
-    def noting(self, segments: Iterator[Segment]) -> Iterator[Segment]:
-        """`segments`, passed on; their last text is noted once they are over."""
-        try:
-            for segment in segments:
-                if segment.text.strip():
-                    self._text = segment.text.strip()
-                yield segment
-        finally:
-            self.over()
-
-    def over(self) -> None:
-        self._over.set()
-
-    def wait(self) -> str | None:
-        self._over.wait()
-        return self._text
 
 
 def _follows_on(piece: Piece, previous: Piece) -> bool:
@@ -823,15 +795,9 @@ def _joined_where_they_follow_on(pieces: Iterator[Piece]) -> Iterator[Piece]:
     yield current
 
 
-def _deferred(
-    reader: _PieceReader, piece: Piece, after: _LastWords | None, own: _LastWords
-) -> Iterator[Segment]:
-    """A piece read on this thread once its turn comes (the one before it is over by then)."""
-    try:
-        before = after.wait() if after is not None else None
-        yield from reader.read(piece, before, own, behind=after is not None)
-    finally:
-        own.over()
+def _deferred(reader: _PieceReader, piece: Piece, follows_on: bool) -> Iterator[Segment]:
+    """A piece read on this thread once its turn comes."""
+    yield from reader.read(piece, follows_on)
 
 
 def _numbered(segments: Iterator[Segment]) -> Iterator[Segment]:
