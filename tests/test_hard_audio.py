@@ -938,6 +938,9 @@ def test_talk_over_voices_that_never_stop_is_read_in_joined_pieces(
     assert len(read) >= 2 and read[-1].end == voices.shape[0], read
     assert all(p.end - p.start <= 120 * SAMPLE_RATE for p in read), read
     assert lost(tuple(clips), text) == [], text
+    # The piece after the first follows on from it: its lead-in, the 10 s before it, was read.
+    lead_in = audio[max(0, read[1].start - 10 * SAMPLE_RATE) : read[1].start]
+    assert any(h.shape == lead_in.shape and np.array_equal(h, lead_in) for h in heard)
     # The speaker's pauses, where only the voices behind (18 dB under on the whole, some
     # syllables less) are heard, as each piece's reading heard them: most 20 ms frames turned
     # down by 30 dB, those within 12 dB of the speaker (and 60 ms around them) left as they are.
