@@ -433,6 +433,47 @@ def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
         tiny.batcher.close()
 
 
+def test_a_short_last_window_of_long_audio_is_read_cut(
+    harken_home: Path, speech: dict[str, Any]
+) -> None:
+    # A piece of a long recording (`short_window`) longer than a window: the first window is
+    # encoded whole, the last, holding what is left (under 22 s), cut to it and 8 s of padding,
+    # and the words are those read without the option. Each transcription keeps to its own
+    # options: one made between two of its windows, on the same thread, encodes whole windows.
+    settings = Settings(home=harken_home)
+    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
+    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=8)
+    frames: list[int] = []
+    encode = tiny._encodings._encode
+
+    def encoding(features: Any) -> Any:
+        frames.append(np.asarray(features).shape[-1])
+        return encode(features)
+
+    tiny._encodings._encode = encoding
+    pause = np.zeros(16_000, dtype=np.float32)
+    names = ("jfk_inaugural_1961", "ls_3752-4944-0000", "ls_2412-153948-0000", "sphinx_goforward")
+    audio = np.concatenate([p for n in names for p in (decode_audio(speech[n].bytes()), pause)])
+    assert 31 < audio.shape[0] / 16_000 < 45
+    plain = TranscriptionOptions(language="en")
+    short = dataclasses.replace(plain, short_window=True)
+    try:
+        whole = "".join(s.text for s in tiny.transcribe(audio, plain).segments)
+        assert len(frames) == 2 and frames[1] == 3000, frames
+        frames.clear()
+        read = tiny.transcribe(audio, short).segments
+        first = next(read)
+        between = list(tiny.transcribe(audio[: 20 * 16_000], plain).segments)
+        rest = list(read)
+    finally:
+        assert tiny.batcher is not None
+        tiny.batcher.close()
+    assert frames[0] == frames[1] == 3000, "the first window, and another transcription's"
+    assert len(frames) == 3 and frames[2] < 2200, frames
+    assert between
+    assert _plain("".join(s.text for s in (first, *rest))) == _plain(whole)
+
+
 def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperTranscriber) -> None:
     # Two readings of a window that fail Whisper's checks for compressing too well, as the
     # model gave them: a speaker saying a sentence three times (kept, not sampled again), and

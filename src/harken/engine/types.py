@@ -59,7 +59,8 @@ class TranscriptionOptions:
     # Audio well under one window read in a window cut to its length and a little padding, not
     # a whole 30 s one (about half the time for a few seconds of speech), where the language is
     # known; a reading that fails the model's checks is made again on the whole window. The text
-    # may differ by a word or a comma. For the first text of a long recording (see the backend).
+    # may differ by a word or a comma. Longer audio: its last window, where it holds that little.
+    # For the pieces of a long recording (see the backend).
     short_window: bool = False
 
 
