@@ -194,8 +194,8 @@ class FasterWhisperTranscriber:
             tokens, cut = None, self._encodings.cut_to(frames, whole_if_failed=True)
         elif options.short_window and known:
             result = self._transcribe(audio, options)
-            segments = self._encodings.windows_cut_short(result.segments)
-            return Transcription(info=result.info, segments=segments)
+            last_cut = self._encodings.windows_cut_short(result.segments)
+            return Transcription(info=result.info, segments=last_cut)
         else:
             return self._transcribe(audio, options)
         with cut:
