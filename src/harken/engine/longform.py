@@ -400,9 +400,8 @@ class _PieceReader:
         down before it is read (`turn_down_behind`). `cut_short`: a window holding less than a
         whole one's audio is read in a window cut to it where the model can
         (`TranscriptionOptions.short_window`): the first text comes sooner, the last window
-        costs less. `before`: the text
-        said just before the piece, given to its first window as the words before it, after
-        the caller's prompt."""
+        costs less. `before`: the text said just before the piece, given to its first window
+        as the words before it, after the caller's prompt."""
         if self.on_piece is not None:
             self.on_piece(piece)
         samples = as_float32(piece.samples(self.audio))

@@ -457,17 +457,22 @@ class _ReuseLastEncoding:
         less the padding (a piece's last) encoded cut to its audio and `_DRAFT_PADDING_SECONDS`,
         and read again whole where its reading fails. Set around each step of the decoding, so
         that other transcriptions this thread makes in between are read as their own options
-        say."""
-        while True:
-            previous = getattr(self._local, "cut_short", False)
-            self._local.cut_short = True
-            try:
-                segment = next(segments)
-            except StopIteration:
-                return
-            finally:
-                self._local.cut_short = previous
-            yield segment
+        say. Closed, it closes `segments` (a caller that stops reading ends the decoding)."""
+        try:
+            while True:
+                previous = getattr(self._local, "cut_short", False)
+                self._local.cut_short = True
+                try:
+                    segment = next(segments)
+                except StopIteration:
+                    return
+                finally:
+                    self._local.cut_short = previous
+                yield segment
+        finally:
+            close = getattr(segments, "close", None)
+            if close is not None:
+                close()
 
     def whole_if_failed(self) -> bool:
         """Whether this thread's last window was encoded cut short, to be read again whole
