@@ -24,6 +24,7 @@ from harken.config import Settings
 from harken.engine import TranscriptionOptions, batching
 from harken.engine.batching import BatchingWhisper, SiblingGroup
 from harken.engine.whisper import FasterWhisperTranscriber
+from tests.conftest import wer
 
 # English, Mandarin and French, all under 30 s: each is one window.
 CLIPS = ["jfk_inaugural_1961", "aishell1_BAC009S0764W0122", "picovoice_test_fr"]
@@ -472,6 +473,72 @@ def test_a_short_last_window_of_long_audio_is_read_cut(
     assert len(frames) == 3 and frames[2] < 2200, frames
     assert between
     assert _plain("".join(s.text for s in (first, *rest))) == _plain(whole)
+
+
+def test_a_window_whose_text_ends_early_is_read_on_where_speech_follows(
+    harken_home: Path, speech: dict[str, Any]
+) -> None:
+    # Whisper ending a window's text early with a lone timestamp ("no more speech here") over
+    # voices behind a speaker is not something tiny.en does on demand: here its real reading of
+    # the first window is cut after the first segment that ends 10 s or more in, as it would
+    # end there. faster-whisper then goes on at the window's end, and the two clips after that
+    # timestamp are lost. Where the caller heard speech after it, the next window starts at the
+    # timestamp, and every clip is read, in order; where the speech after it is a second (VAD's
+    # padding at the end of a word), or none, the window is skipped as faster-whisper skips it.
+    settings = Settings(home=harken_home)
+    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
+    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=1)
+    decode = tiny._decode_window
+    windows: list[int] = []  # how many windows each transcription read
+    ended: list[float] = []  # where the first window's text was made to end
+
+    def ending_early(encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any) -> Any:
+        result, logprob, temperature, ratio = decode(encoder_output, prompt, tokenizer, options)
+        windows[-1] += 1
+        if windows[-1] > 1:
+            return result, logprob, temperature, ratio
+        tokens, begin = result.sequences_ids[0], tokenizer.timestamp_begin
+        last = next(
+            i for i in range(1, len(tokens))
+            if tokens[i - 1] >= begin and tokens[i] >= begin and (tokens[i - 1] - begin) >= 500
+        )  # fmt: skip
+        ended.append((tokens[last - 1] - begin) * 0.02)
+        cut = types.SimpleNamespace(
+            sequences_ids=[tokens[:last]], no_speech_prob=result.no_speech_prob
+        )
+        return cut, logprob, temperature, ratio
+
+    tiny._decode_window = ending_early  # type: ignore[method-assign]
+    pause = np.zeros(16_000, dtype=np.float32)
+    names = ("jfk_inaugural_1961", "ls_3752-4944-0000", "ls_2412-153948-0000", "sphinx_goforward")
+    clips = [decode_audio(speech[n].bytes()) for n in names]
+    audio = np.concatenate([p for clip in clips for p in (clip, pause)])
+    spans, start = [], 0.0
+    for clip in clips:
+        spans.append((start, start + clip.shape[0] / 16_000))
+        start = spans[-1][1] + 1.0
+    assert (
+        spans[0][1] == pytest.approx(11.0, abs=0.1) and spans[2][1] < 30 < audio.shape[0] / 16_000
+    )
+
+    def read(heard: tuple[tuple[float, float], ...]) -> list[Any]:
+        windows.append(0)
+        options = TranscriptionOptions(language="en", speech=heard)
+        return list(tiny.transcribe(audio, options).segments)
+
+    skipped = read(())
+    read_on = read(tuple(spans))
+    tail = read(((0.0, ended[0] + 1.0),))  # a second of VAD's padding after the timestamp
+    assert spans[0][1] - 1 <= ended[0] <= spans[1][0] + 0.5  # between the first two clips
+    said = " ".join(speech[n].text for n in names)
+    assert windows[0] == 2 and skipped[-1].start >= 30
+    assert wer(said, "".join(s.text for s in skipped)) > 0.3, "two clips lost"
+    # Read on: the second window starts where the first's text ended, and every clip is read
+    # in order.
+    assert round(ended[0] * 100) in {s.seek for s in read_on}
+    assert windows[1] == 2
+    assert wer(said, "".join(s.text for s in read_on)) < 0.1
+    assert [s.text for s in tail] == [s.text for s in skipped]
 
 
 def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperTranscriber) -> None:

@@ -1061,6 +1061,13 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
         heard = audio[begins * SAMPLE_RATE : (begins + lead_in) * SAMPLE_RATE]
         assert np.array_equal(model.heard[lead_in], heard)
 
+    # Each piece is read knowing where VAD heard speech in it (its own seconds), so that a
+    # window whose text ends early is read on where speech follows; a lead-in is read without.
+    assert model.options[4].speech == ((0.0, 4.0),)
+    assert model.options[36].speech == ((0.0, 36.0),)
+    assert model.options[37].speech == ((0.0, 17.0), (19.0, 37.0))
+    assert model.options[6].speech == model.options[10].speech == ()
+
     def level(samples: np.ndarray, second: float) -> float:  # dB, the middle of one second
         middle = samples[int((second + 0.2) * SAMPLE_RATE) : int((second + 0.8) * SAMPLE_RATE)]
         return float(10 * np.log10(np.mean(np.square(middle))))

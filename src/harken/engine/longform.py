@@ -415,7 +415,10 @@ class _PieceReader:
         words = self.options.word_timestamps
         options = dataclasses.replace(self.options, word_timestamps=bool(speech) or words)
         prompt = " ".join(text for text in (options.prompt, before) if text) or None
-        reading = dataclasses.replace(options, prompt=prompt, short_window=cut_short)
+        # Where a window's text ends early, Whisper taking what follows for no speech, VAD's
+        # stretches tell the engine to read on (`TranscriptionOptions.speech`).
+        spans = tuple((start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in speech)
+        reading = dataclasses.replace(options, prompt=prompt, short_window=cut_short, speech=spans)
         result = self.transcriber.transcribe(samples, reading)
 
         def final(segments: Iterator[Segment]) -> Iterator[Segment]:

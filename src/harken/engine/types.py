@@ -62,6 +62,10 @@ class TranscriptionOptions:
     # may differ by a word or a comma. Longer audio: its last window, where it holds that little.
     # For the pieces of a long recording (see the backend).
     short_window: bool = False
+    # Where the caller heard speech in the audio (seconds; e.g. VAD's stretches): a window whose
+    # reading ends early, the model taking what follows for no speech where there is speech,
+    # is read on from there rather than skipped (see the backend for when).
+    speech: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
