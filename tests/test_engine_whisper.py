@@ -381,9 +381,7 @@ def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
     # language is unknown, nothing is cut: it is detected on the whole window.
     from tests.test_hard_audio import levelled
 
-    settings = Settings(home=harken_home)
-    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
-    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=8)
+    tiny = _tiny_en(harken_home, batch_size=8)
     frames: list[int] = []
     bounds: list[int | None] = []  # each reading's max_new_tokens
 
@@ -441,9 +439,7 @@ def test_a_short_last_window_of_long_audio_is_read_cut(
     # encoded whole, the last, holding what is left (under 22 s), cut to it and 8 s of padding,
     # and the words are those read without the option. Each transcription keeps to its own
     # options: one made between two of its windows, on the same thread, encodes whole windows.
-    settings = Settings(home=harken_home)
-    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
-    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=8)
+    tiny = _tiny_en(harken_home, batch_size=8)
     frames: list[int] = []
     encode = tiny._encodings._encode
 
@@ -452,9 +448,7 @@ def test_a_short_last_window_of_long_audio_is_read_cut(
         return encode(features)
 
     tiny._encodings._encode = encoding
-    pause = np.zeros(16_000, dtype=np.float32)
-    names = ("jfk_inaugural_1961", "ls_3752-4944-0000", "ls_2412-153948-0000", "sphinx_goforward")
-    audio = np.concatenate([p for n in names for p in (decode_audio(speech[n].bytes()), pause)])
+    audio = _a_second_apart([decode_audio(speech[n].bytes()) for n in _TWO_WINDOWS])
     assert 31 < audio.shape[0] / 16_000 < 45
     plain = TranscriptionOptions(language="en")
     short = dataclasses.replace(plain, short_window=True)
@@ -485,9 +479,7 @@ def test_a_window_whose_text_ends_early_is_read_on_where_speech_follows(
     # timestamp are lost. Where the caller heard speech after it, the next window starts at the
     # timestamp, and every clip is read, in order; where the speech after it is a second (VAD's
     # padding at the end of a word), or none, the window is skipped as faster-whisper skips it.
-    settings = Settings(home=harken_home)
-    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
-    tiny = FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=1)
+    tiny = _tiny_en(harken_home, batch_size=1)
     decode = tiny._decode_window
     windows: list[int] = []  # how many windows each transcription read
     ended: list[float] = []  # where the first window's text was made to end
@@ -509,10 +501,8 @@ def test_a_window_whose_text_ends_early_is_read_on_where_speech_follows(
         return cut, logprob, temperature, ratio
 
     tiny._decode_window = ending_early  # type: ignore[method-assign]
-    pause = np.zeros(16_000, dtype=np.float32)
-    names = ("jfk_inaugural_1961", "ls_3752-4944-0000", "ls_2412-153948-0000", "sphinx_goforward")
-    clips = [decode_audio(speech[n].bytes()) for n in names]
-    audio = np.concatenate([p for clip in clips for p in (clip, pause)])
+    clips = [decode_audio(speech[n].bytes()) for n in _TWO_WINDOWS]
+    audio = _a_second_apart(clips)
     spans, start = [], 0.0
     for clip in clips:
         spans.append((start, start + clip.shape[0] / 16_000))
@@ -530,7 +520,7 @@ def test_a_window_whose_text_ends_early_is_read_on_where_speech_follows(
     read_on = read(tuple(spans))
     tail = read(((0.0, ended[0] + 1.0),))  # a second of VAD's padding after the timestamp
     assert spans[0][1] - 1 <= ended[0] <= spans[1][0] + 0.5  # between the first two clips
-    said = " ".join(speech[n].text for n in names)
+    said = " ".join(speech[n].text for n in _TWO_WINDOWS)
     assert windows[0] == 2 and skipped[-1].start >= 30
     assert wer(said, "".join(s.text for s in skipped)) > 0.3, "two clips lost"
     # Read on: the second window starts where the first's text ended, and every clip is read
@@ -568,6 +558,23 @@ def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperT
     assert 2.4 < reading([said] * 3, 7.0)[3] < 4.8 < reading([loop] * 10, 2.0)[3]
     assert _said_again(reading([said] * 3, 7.0), tokenizer, checks)
     assert not _said_again(reading([loop] * 10, 2.0), tokenizer, checks)
+
+
+def _tiny_en(harken_home: Path, batch_size: int) -> FasterWhisperTranscriber:
+    settings = Settings(home=harken_home)
+    weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
+    return FasterWhisperTranscriber("whisper-tiny.en", weights, device="cpu", batch_size=batch_size)
+
+
+# Four English clips that, a second apart, fill two windows (31-45 s).
+_TWO_WINDOWS = (
+    "jfk_inaugural_1961", "ls_3752-4944-0000", "ls_2412-153948-0000", "sphinx_goforward"
+)  # fmt: skip
+
+
+def _a_second_apart(clips: list[np.ndarray]) -> np.ndarray:
+    pause = np.zeros(16_000, dtype=np.float32)
+    return np.concatenate([part for clip in clips for part in (clip, pause)])
 
 
 def _plain(text: str) -> str:
