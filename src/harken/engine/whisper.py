@@ -293,10 +293,11 @@ class FasterWhisperTranscriber:
         speech follows in the window, and faster-whisper goes on at the window's end. Where
         voices behind a speaker fill the pauses, Whisper says so of speech too: in a joined
         piece of 109 s, 13 dB over voices behind (`benchmarks/long_audio.py --background 13`,
-        whisper-base), a window's text ended at 9.9 s, and its other 20 s went unread until
-        the long-form reader read 16.7 s of it again, alone and out of turn. Read on from the
-        timestamp, with the text before it, the same recording gave 63 word errors, not 69, in
-        less time (one window read on, none read again)."""
+        whisper-base), a window's text ended 10-11 s in, and its other 19-20 s went unread
+        until the long-form reader read 16.7 s of it again, alone and out of turn. Read on from
+        the timestamp, with the text before it, the same recording gave 63 word errors, not 69,
+        in less time. Only where 5 s or more of speech follow: at 1 s it also read on over VAD's
+        padding after a speaker's last word, and once wrote that word again."""
         segments, next_seek, lone = self._split_window(
             tokenizer, tokens, time_offset, segment_size, segment_duration, seek
         )
