@@ -266,15 +266,11 @@ class FasterWhisperTranscriber:
 
         return _each_step_within(segments, within)
 
-    @contextlib.contextmanager
-    def _hearing(self, speech: tuple[tuple[float, float], ...]) -> Iterator[None]:
+    def _hearing(
+        self, speech: tuple[tuple[float, float], ...]
+    ) -> contextlib.AbstractContextManager[None]:
         """Inside the block, windows this thread reads know where `speech` is (`_read_on`)."""
-        previous = getattr(self._heard, "speech", ())
-        self._heard.speech = speech
-        try:
-            yield
-        finally:
-            self._heard.speech = previous
+        return _set_for_thread(self._heard, "speech", speech)
 
     def _read_on(
         self,
@@ -530,19 +526,13 @@ class _ReuseLastEncoding:
             self._local.whole_if_failed = False
             self._local.uncut = None
 
-    @contextlib.contextmanager
-    def cutting_short(self, cut_short: bool = True) -> Iterator[None]:
+    def cutting_short(self, cut_short: bool = True) -> contextlib.AbstractContextManager[None]:
         """Inside the block, a window this thread encodes that holds audio short of a whole
         window's less the padding (a piece's last) is encoded cut to its audio and
         `_DRAFT_PADDING_SECONDS`, and read again whole where its reading fails. Taken around each
         step of a decoding (`_each_step_within`), so that other transcriptions this thread makes
         in between are read as their own options say."""
-        previous = getattr(self._local, "cut_short", False)
-        self._local.cut_short = cut_short
-        try:
-            yield
-        finally:
-            self._local.cut_short = previous
+        return _set_for_thread(self._local, "cut_short", cut_short)
 
     def whole_if_failed(self) -> bool:
         """Whether this thread's last window was encoded cut short, to be read again whole
@@ -591,6 +581,21 @@ class _ReuseLastEncoding:
     def forget(self) -> None:
         self._local.last = None
         self._local.windows = 0
+
+
+@contextlib.contextmanager
+def _set_for_thread(local: threading.local, name: str, value: object) -> Iterator[None]:
+    """This thread's `local.<name>` is `value` inside the block, and as it was (or unset) after."""
+    unset = object()
+    previous = getattr(local, name, unset)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        if previous is unset:
+            delattr(local, name)
+        else:
+            setattr(local, name, previous)
 
 
 def _each_step_within(
