@@ -17,6 +17,10 @@ Recordings, made in a temporary folder from the speech set:
 - `--noise [DB ...]`: every English clip but the sonnets at -26 to -20 dB, 0.5-2 s apart, over
   steady noise (a dull hiss) 8 dB under -23 dB, or each DB given, as Opus at 32 kbps: VAD takes
   the pauses, full of noise at the speech's level, for sound to read.
+- `--later S [S ...]`: the `--background` and `--noise` files built once for each S, their
+  first clip S seconds in (the voices behind or the noise alone before it). Whisper's windows
+  fall elsewhere, and over voices behind or noise its close calls go another way: the summary
+  then gives each kind's WER averaged over the starts, which is what a change is judged on.
 
 Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
@@ -32,7 +36,7 @@ Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
         [--turns] [--levels] [--phone] [--background [DB ...]] [--noise [DB ...]]
-        [--harken-only] [--no-vad-row] [--keep DIR]
+        [--later S ...] [--harken-only] [--no-vad-row] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -279,10 +283,13 @@ def make_phone(folder: Path) -> tuple[Path, str, float]:
     return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
 
 
-def make_background(folder: Path, under_db: float = 18.0) -> tuple[Path, str, float]:
+def make_background(
+    folder: Path, under_db: float = 18.0, later: float = 0.0
+) -> tuple[Path, str, float]:
     """Forty English clips at -24 dB, 0.4-1.5 s apart, over a bed of the other clips `under_db`
-    under them (-42 dB by default) that never stops (talk in the background), FLAC. The
-    reference is the speaker's text."""
+    under them (-42 dB by default) that never stops (talk in the background), FLAC; the first
+    clip starts `later` seconds in, the bed alone before it. The reference is the speaker's
+    text."""
     from harken.audio import decode_audio
     from tests.test_hard_audio import encode, levelled
 
@@ -290,21 +297,22 @@ def make_background(folder: Path, under_db: float = 18.0) -> tuple[Path, str, fl
                if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
     rng = np.random.default_rng(23)
     front = [english[i] for i in rng.permutation(len(english))][:40]
-    parts = []
+    parts = [np.zeros(int(later * SAMPLE_RATE), dtype=np.float32)]
     for clip, pause in zip(front, rng.uniform(0.4, 1.5, len(front)), strict=True):
         parts += [levelled(decode_audio(clip.bytes()), -24.0),
                   np.zeros(int(pause * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
     voices = np.concatenate(parts)
     bed = np.concatenate([levelled(decode_audio(c.bytes()), -24.0 - under_db) for c in english])
     bed = np.tile(bed, voices.shape[0] // bed.shape[0] + 1)[: voices.shape[0]]
-    path = folder / f"background-{under_db:g}dB.flac"
+    path = folder / f"background-{under_db:g}dB-{later:g}s.flac"
     encode(voices + bed, path)
     return path, " ".join(c.text for c in front), recording_seconds(path)
 
 
-def make_noise(folder: Path, under_db: float = 8.0) -> tuple[Path, str, float]:
+def make_noise(folder: Path, under_db: float = 8.0, later: float = 0.0) -> tuple[Path, str, float]:
     """Every English clip but the sonnets at -26 to -20 dB, 0.5-2 s apart, over steady noise
-    (white noise averaged over 8 samples: a dull hiss) `under_db` under -23 dB, as Opus."""
+    (white noise averaged over 8 samples: a dull hiss) `under_db` under -23 dB, as Opus; the
+    first clip starts `later` seconds in, the noise alone before it."""
     from harken.audio import decode_audio
     from tests.test_hard_audio import encode, hiss, levelled
 
@@ -312,14 +320,19 @@ def make_noise(folder: Path, under_db: float = 8.0) -> tuple[Path, str, float]:
                if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
     rng = np.random.default_rng(24)
     order = [english[i] for i in rng.permutation(len(english))]
-    parts = []
+    parts = [np.zeros(int(later * SAMPLE_RATE), dtype=np.float32)]
     for clip in order:
         parts += [levelled(decode_audio(clip.bytes()), rng.uniform(-26.0, -20.0)),
                   np.zeros(int(rng.uniform(0.5, 2.0) * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
     clips = np.concatenate(parts)
-    path = folder / f"noise-{under_db:g}dB.ogg"
+    path = folder / f"noise-{under_db:g}dB-{later:g}s.ogg"
     encode(clips + hiss(clips.shape[0], -23.0 - under_db, rng), path)
     return path, " ".join(c.text for c in order), recording_seconds(path)
+
+
+def _late(seconds: float) -> str:
+    """The part of a recording's row name that says how late its first clip starts."""
+    return f", {seconds:g} s later" if seconds else ""
 
 
 def recording_seconds(path: Path) -> float:
@@ -348,6 +361,15 @@ def main() -> None:
         nargs="*",
         metavar="DB",
         help="clips over steady noise, DB under them (default 8)",
+    )
+    parser.add_argument(
+        "--later",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        metavar="S",
+        help="build the --background and --noise files once for each S, their first clip S "
+        "seconds in (default 0): where the windows fall moves, and with it Whisper's close calls",
     )
     parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
     parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
@@ -383,9 +405,12 @@ def main() -> None:
     # `--background` alone: the 18 dB recording; None: not asked for.
     for under_db in [18.0] if args.background == [] else args.background or []:
         name = "background" if under_db == 18.0 else f"background {under_db:g} dB"
-        recordings.append((name, *make_background(folder, under_db)))
+        for later in args.later:
+            recordings.append((name + _late(later), *make_background(folder, under_db, later)))
     for under_db in [8.0] if args.noise == [] else args.noise or []:
-        recordings.append((f"noise {under_db:g} dB", *make_noise(folder, under_db)))
+        name = f"noise {under_db:g} dB"
+        for later in args.later:
+            recordings.append((name + _late(later), *make_noise(folder, under_db, later)))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
@@ -433,6 +458,28 @@ def main() -> None:
                 f"first text {(h['first'] or 0) / (w['first'] or 1):.2f}, "
                 f"peak RSS {h['peak_mb'] / w['peak_mb']:.2f}, WER {h['wer']:.3f} vs {w['wer']:.3f}"
             )
+    if len(args.later) > 1 and not args.harken_only:
+        _print_over_starts(by_file)
+
+
+def _print_over_starts(by_file: dict[str, dict[str, dict]]) -> None:
+    """For each recording built at several starts (`--later`): harken's and the raw engine's
+    times summed and WERs averaged over the starts. One start's WER gap can be where the
+    windows happen to fall (the raw engine's own WER moves by a third from one start to the
+    next over voices behind); the mean is what a change should be judged on."""
+    starts: dict[str, list[dict[str, dict]]] = {}
+    for name, pair in by_file.items():
+        if "raw" in pair:
+            starts.setdefault(name.split(", ")[0], []).append(pair)
+    for family, pairs in starts.items():
+        if len(pairs) < 2:
+            continue
+        h_total = sum(p["harken"]["total"] for p in pairs)
+        w_total = sum(p["raw"]["total"] for p in pairs)
+        h_wer = sum(p["harken"]["wer"] for p in pairs) / len(pairs)
+        w_wer = sum(p["raw"]["wer"] for p in pairs) / len(pairs)
+        print(f"{family}, over {len(pairs)} starts: harken/raw total {h_total / w_total:.2f}, "
+              f"mean WER {h_wer:.3f} vs {w_wer:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
