@@ -100,6 +100,11 @@ def test_backwards_timestamps_are_repaired_for_players():
     cues = list(srt.parse(render_srt(broken)))
     assert cues[1].start >= cues[0].start
     assert cues[1].end >= cues[1].start
+    # verbose_json keeps each segment's own start; its end and words never come before it.
+    inverted = [seg(0, 0.0, 1.0, " A."), seg(1, 2.0, 1.5, " B.", (Word(2.0, 2.0, " B.", 0.9),))]
+    body = render_verbose_json(inverted, INFO, task="transcribe", words=True, usage_seconds=3)
+    assert [(s["start"], s["end"]) for s in body["segments"]] == [(0.0, 1.0), (2.0, 2.0)]
+    assert body["words"] == [{"word": "B.", "start": 2.0, "end": 2.0}]
 
 
 def test_times_are_cut_at_the_end_of_the_audio():

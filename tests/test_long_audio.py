@@ -242,6 +242,30 @@ def test_a_segment_that_runs_across_a_left_out_pause_is_split_there():
     assert list(_split_at_cuts(segment, whole, count_tokens)) == [segment]
 
 
+def test_times_at_a_join_or_in_a_pause_stay_inside_their_segment():
+    """A piece that read 1–3 s and 10–12 s of a recording, speech heard at 1–2.4 s and 10–12 s.
+    Whisper's segment ends at the join (its end is moved back out of the pause) and its last
+    word, of no length, sits exactly at the join: mapped as it was, the word went after the cut
+    and the segment was split there, its last part ending before it started (held-out
+    recordings, tiny.en: a segment from 38.47 s to 36.39 s in `verbose_json`)."""
+    piece = Piece(16_000, 192_000, ((16_000, 38_400), (160_000, 192_000)),
+                  ((16_000, 48_000), (160_000, 192_000)))  # fmt: skip
+    words = (Word(0.2, 1.0, " one", 0.9), Word(2.0, 2.0, " two.", 0.9))
+    segment = Segment(id=0, seek=0, start=0.2, end=2.0, text=" one two.", tokens=(1, 2),
+                      words=words)  # fmt: skip
+    shifted = _shifted(segment, piece, new_id=0)
+    assert (shifted.start, shifted.end) == (1.2, 2.4)  # out of the pause after the speech
+    assert [(w.start, w.end) for w in shifted.words] == [(1.2, 2.0), (2.4, 2.4)]
+    [whole] = _split_at_cuts(shifted, piece, lambda text: len(text.split()))
+    assert whole == shifted
+    # A segment of no length at the join stays at the end of the part before it (it mapped
+    # to 10 s as a start and 3 s as an end).
+    empty = dataclasses.replace(segment, start=2.0, end=2.0, words=(words[1],))
+    moved = _shifted(empty, piece, new_id=1)
+    assert (moved.start, moved.end) == (3.0, 3.0)
+    assert [(w.start, w.end) for w in moved.words] == [(3.0, 3.0)]
+
+
 def test_short_clips_take_the_unchanged_path(server: Any, speech: dict[str, Clip]):
     """Up to 30 s nothing is cut: the text is exactly the raw engine's."""
     model = server.service._models[MODEL].transcriber
@@ -397,6 +421,7 @@ def test_each_clip_is_found_where_it_sits(long_run: tuple[Any, float, int], reco
         assert words[-1].end <= placed.end + 1.0, (placed, words[-1])
     segments = result.segments
     assert [s.id for s in segments] == list(range(len(segments)))
+    assert all(s.start <= s.end for s in segments)
     for before, after in itertools.pairwise(segments):
         assert before.start <= after.start
         assert after.start >= before.end - 0.5  # no stretch of audio is told twice

@@ -158,16 +158,22 @@ def repair_words(segments: Iterable[Segment]) -> list[tuple[Segment, list[Word]]
     previous_end = 0.0
     for segment in segments:
         words = []
+        last = _end(segment)
         for word in segment.words or ():
             text = word.word.strip()
             if not text:
                 continue
-            start = min(max(word.start, segment.start, previous_end), segment.end)
-            end = min(max(word.end, start), segment.end)
+            start = min(max(word.start, segment.start, previous_end), last)
+            end = min(max(word.end, start), last)
             words.append(Word(start=start, end=end, word=text, probability=word.probability))
             previous_end = end
         repaired.append((segment, words))
     return repaired
+
+
+def _end(segment: Segment) -> float:
+    """Where a segment ends, never before it starts."""
+    return max(segment.end, segment.start)
 
 
 def _segment_body(index: int, segment: Segment) -> dict[str, Any]:
@@ -175,7 +181,7 @@ def _segment_body(index: int, segment: Segment) -> dict[str, Any]:
         "id": index,  # OpenAI numbers segments from 0 (faster-whisper from 1)
         "seek": segment.seek,
         "start": round(segment.start, 3),
-        "end": round(segment.end, 3),
+        "end": round(_end(segment), 3),
         "text": segment.text,
         "tokens": list(segment.tokens),
         "temperature": segment.temperature,

@@ -880,16 +880,24 @@ def _shifted(segment: Segment, piece: Piece, new_id: int) -> Segment:
         else:
             start, end = clock.start(start), clock.end(end)
         start, end = _out_of_pauses(start, end, pauses)
-        return round(start, 3), round(end, 3)
+        # A time of no length exactly at a join maps to where speech resumes as a start and
+        # to where it stopped as an end: it stays where it stopped.
+        return round(min(start, end), 3), round(end, 3)
 
+    start, end = span(segment.start, segment.end, word=False)
     words = segment.words
     if words is not None:
-        words = tuple(
-            dataclasses.replace(w, start=start, end=end)
-            for w in words
-            for start, end in [span(w.start, w.end, word=True)]
-        )
-    start, end = span(segment.start, segment.end, word=False)
+        # A segment's words stay inside it, as the raw engine times a segment by its words:
+        # where its end moved back out of a pause, a word Whisper put wholly in the pause ends
+        # with it (else the segment would be split at the cut after that pause, its last part
+        # ending before it starts).
+        inside = []
+        for word in words:
+            word_start, word_end = span(word.start, word.end, word=True)
+            word_start = min(max(word_start, start), end)
+            word_end = min(max(word_end, word_start), end)
+            inside.append(dataclasses.replace(word, start=word_start, end=word_end))
+        words = tuple(inside)
     return dataclasses.replace(
         segment,
         id=new_id,
