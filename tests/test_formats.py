@@ -107,6 +107,23 @@ def test_backwards_timestamps_are_repaired_for_players():
     assert body["words"] == [{"word": "B.", "start": 2.0, "end": 2.0}]
 
 
+def test_a_cue_that_runs_into_the_next_ends_where_it_starts():
+    # Word alignment stretched a segment's last word 0.4 s past the next segment's start.
+    overlapping = [seg(0, 0.0, 3.4, " One."), seg(1, 3.0, 5.0, " Two."), seg(2, 5.0, 6.0, " 3.")]
+    cues = [(c.start.total_seconds(), c.end.total_seconds())
+            for c in srt.parse(render_srt(overlapping))]  # fmt: skip
+    assert cues == [(0.0, 3.0), (3.0, 5.0), (5.0, 6.0)]
+    captions = webvtt.from_string(render_vtt(overlapping)).captions
+    assert [(c.start, c.end) for c in captions] == [
+        ("00:00:00.000", "00:00:03.000"),
+        ("00:00:03.000", "00:00:05.000"),
+        ("00:00:05.000", "00:00:06.000"),
+    ]
+    # verbose_json keeps the engine's own times.
+    body = render_verbose_json(overlapping, INFO, task="transcribe", words=False, usage_seconds=6)
+    assert body["segments"][0]["end"] == 3.4
+
+
 def test_times_are_cut_at_the_end_of_the_audio():
     past = [seg(0, 0.0, 4.0, " Hi.", (Word(0.0, 4.5, " Hi.", 0.9),)), seg(1, 4.0, 7.0, " Bye.")]
     fitted = fit_to_duration(past, 5.25)
@@ -229,6 +246,7 @@ def test_any_segments_give_parseable_monotonic_subtitles(segments):
     assert [c.index for c in cues] == list(range(1, len(cues) + 1))
     for before, after in itertools.pairwise(cues):
         assert after.start >= before.start
+        assert before.end <= after.start or before.start == after.start
     for cue in cues:
         assert cue.end >= cue.start
     assert " ".join(c.content for c in cues) == " ".join(t.replace("-->", "->") for t in texts)

@@ -21,6 +21,8 @@ import pytest
 import srt
 import webvtt
 
+from harken.engine.types import Segment
+from harken.formats import render_srt
 from tests.conftest import SPEECH_DIR, wer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -202,6 +204,20 @@ def test_upload_see_the_transcript_arrive_and_download_subtitles(server, speech,
     position = page.evaluate("document.getElementById('preview').currentTime")
     assert last - 0.001 <= position < clip.duration, position  # media time is not exact
     page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    # Times a long recording can give (a cue running past the next one's start, one going
+    # backwards): the page's subtitles follow the server's rules for them too.
+    odd = [(0.0, 3.4, " One."), (3.0, 5.0, " Two."), (4.5, 4.0, " Three."), (6.0, 7.0, " Four.")]
+    page_srt = page.evaluate(
+        """(odd) => {
+            state.segments = odd.map(([start, end, text]) => ({start, end, text}));
+            return toSrt();
+        }""",
+        odd,
+    )
+    given = [Segment(id=i, seek=0, start=a, end=b, text=t) for i, (a, b, t) in enumerate(odd)]
+    assert page_srt == render_srt(given)
+    assert [c.end.total_seconds() for c in srt.parse(page_srt)][:2] == [3.0, 4.5]
 
 
 def test_languages_fit_the_model_and_translate_switches_endpoint(server, speech, page):

@@ -94,8 +94,12 @@ def fit_to_duration(segments: Iterable[Segment], duration: float) -> list[Segmen
 # --- subtitles
 def _cues(segments: Iterable[Segment]) -> list[tuple[float, float, str]]:
     """(start, end, text) per non-empty segment, with times repaired so that they never go
-    backwards and no cue ends before it starts; subtitle players reject both."""
-    cues = []
+    backwards and no cue ends before it starts (subtitle players reject both), and a cue that
+    runs on past the next one's start ends there: players show overlapping cues stacked, the
+    later line above the earlier. Whisper's word alignment can stretch a segment's last word
+    a few tenths of a second past the next segment's start (long recordings and the raw
+    engine alike). Cues that start together are left as they are."""
+    cues: list[tuple[float, float, str]] = []
     previous_start = 0.0
     for segment in segments:
         text = " ".join(segment.text.split())  # a blank line inside a cue would end it
@@ -103,6 +107,8 @@ def _cues(segments: Iterable[Segment]) -> list[tuple[float, float, str]]:
             continue
         start = max(segment.start, previous_start, 0.0)
         end = max(segment.end, start)
+        if cues and cues[-1][0] < start < cues[-1][1]:
+            cues[-1] = (cues[-1][0], start, cues[-1][2])
         cues.append((start, end, text))
         previous_start = start
     return cues

@@ -405,7 +405,8 @@ ui.copy.addEventListener("click", async () => {
 });
 
 // Subtitles from the segments already received, by the server's rules (harken/formats.py):
-// one line per cue, times that never go backwards, cues numbered from 1.
+// one line per cue, times that never go backwards, a cue that runs past the next one's start
+// ending there, cues numbered from 1.
 function cues() {
   const result = [];
   let previousStart = 0;
@@ -413,6 +414,8 @@ function cues() {
     const text = segment.text.split(/\s+/).filter(Boolean).join(" ");
     if (!text) continue;
     const start = Math.max(segment.start, previousStart, 0);
+    const last = result[result.length - 1];
+    if (last && last.start < start && start < last.end) last.end = start;
     result.push({ start, end: Math.max(segment.end, start), text });
     previousStart = start;
   }
