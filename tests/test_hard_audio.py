@@ -968,8 +968,9 @@ def test_talk_over_voices_that_never_stop_is_read_in_joined_pieces(
 
 
 def test_pieces_that_follow_on_are_joined_up_to_two_minutes() -> None:
-    """Pieces that follow on are joined while the joined piece spans at most two minutes; a
-    pause between two joined pieces is read as the planner reads one (a long one is cut)."""
+    """Pieces that follow on are joined into as few pieces of at most two minutes as they
+    fit, the longest as short as it can be; a pause between two joined pieces is read as the
+    planner reads one (a long one is cut)."""
     minute = 60 * SAMPLE_RATE
 
     def piece(start: float, end: float) -> Piece:
@@ -980,6 +981,16 @@ def test_pieces_that_follow_on_are_joined_up_to_two_minutes() -> None:
     joined = list(_joined_where_they_follow_on(iter(talk)))
     assert [(p.start / minute, p.end / minute) for p in joined] == [(0, 2), (2, 4), (4, 5.5)]
     assert joined[0].speech == tuple(s for p in talk[:4] for s in p.speech)
+
+    # The joins are placed so that the longest joined piece is as short as it can be (they
+    # are read side by side): not 109 s and 50 s, first come first, but 78 s and 81 s.
+    second = SAMPLE_RATE
+    cuts = [0, 38, 78, 109, 159]
+    talk = [Piece(a * second, b * second, ((a * second, b * second),))
+            for a, b in itertools.pairwise(cuts)]  # fmt: skip
+    joined = list(_joined_where_they_follow_on(iter(talk)))
+    assert [(p.start / second, p.end / second) for p in joined] == [(0, 78), (78, 159)]
+    assert [s for p in joined for s in p.speech] == [s for p in talk for s in p.speech]
 
     # A pause between two joined pieces is read as the planner reads one: up to 3 s as it is,
     # a longer one cut to 2 s.

@@ -40,31 +40,30 @@ What reading a piece involves, and why:
 Pieces are read independently of each other, each with only the caller's prompt (speakers taking
 turns with quiet pauses between, the previous piece's text as prompt measured worse: WER 3.3% ->
 4.4%), except where pieces follow on from one another (`_follows_on`: voices behind the speaker
-fill every pause, so VAD hears one unbroken stretch and cut it for length): those are joined
-again into pieces of up to two minutes (`_joined_where_they_follow_on`), and each is read with
-the text of the 10 s before it (`_PieceReader._lead_in`) as its first window's prompt. Read
-without, Whisper took up the voices behind at the piece's start where the raw engine, reading
+fill every pause, so VAD hears one unbroken stretch and cut it for length): those are joined again
+into pieces of up to two minutes, as even as they can be (`_joined_where_they_follow_on`), and each
+is read with the text of the 10 s before it (`_PieceReader._lead_in`) as its first window's prompt.
+Read without, Whisper took up the voices behind at the piece's start where the raw engine, reading
 on from its previous text, kept to the speaker. Pieces are read several at once
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
-as one batch, and each window after a piece's first is read with the last 64 tokens of its
-previous text (`_SIBLING_PREVIOUS_TOKENS`), so that nearly all of them meet (the text is the
-same whoever meets; a caller's prompt is kept whole, and then so is Whisper's). On a 2-core CPU
-the raw engine's cost is the beam search, token by token; eight windows' beam searches in one
-batch cost 0.62 s a window against 1.0 s alone (whisper-base). The first piece is read alone, so
-that the first text (and the language) comes after one stretch of speech, and in a window cut to
-its audio and 8 s of padding (`TranscriptionOptions.short_window`), which the encoder reads in a
-fraction of a 30 s window's time: the 1.5-minute benchmark file's first text after 0.57-0.59 s
-against 1.26-1.38 s (the same text but for one capital letter; a recording of one piece, a short
-clip, is read as the raw engine reads it); the others keep the same order in the stream. So is
-the last window of every other piece, which holds what is left of it (a few seconds, where a
-piece is a little over a window), and what is read again: the encoder's pass, one window at a
-time, is 40-45% of the time on a 2-core CPU, and eight recordings built apart from the tests read
-3.9% faster with the same word errors (2.3 minutes of Mandarin, four pieces of 32 s: 34.2 s ->
-25.6 s, 55 -> 53 character errors). The
-piece at the head of the line is streamed as it is read, in step with the others: read at its
-own pace, its beam searches ran beside the others' batch and split it (11 minutes of turns: 12
-of 30 windows searched alone; in step, 3).
+as one batch, and each window after a piece's first is read with the last 64 tokens of its previous
+text (`_SIBLING_PREVIOUS_TOKENS`), so that nearly all of them meet (the text is the same whoever
+meets; a caller's prompt is kept whole, and then so is Whisper's). On a 2-core CPU the raw engine's
+cost is the beam search, token by token; eight windows' beam searches in one batch cost 0.62 s a
+window against 1.0 s alone (whisper-base). The first piece is read alone, so that the first text
+(and the language) comes after one stretch of speech, and in a window cut to its audio and 8 s of
+padding (`TranscriptionOptions.short_window`), which the encoder reads in a fraction of a 30 s
+window's time: the 1.5-minute benchmark file's first text after 0.57-0.59 s against 1.26-1.38 s
+(the same text but for one capital letter; a recording of one piece, a short clip, is read as the
+raw engine reads it); the others keep the same order in the stream. So is the last window of every
+other piece, which holds what is left of it (a few seconds, where a piece is a little over a
+window), and what is read again: the encoder's pass, one window at a time, is 40-45% of the time on
+a 2-core CPU, and eight recordings built apart from the tests read 3.9% faster with the same word
+errors (2.3 minutes of Mandarin, four pieces of 32 s: 34.2 s -> 25.6 s, 55 -> 53 character errors).
+The piece at the head of the line is streamed as it is read, in step with the others: read at its
+own pace, its beam searches ran beside the others' batch and split it (11 minutes of turns: 12 of
+30 windows searched alone; in step, 3).
 
 What each rule bought, measured, and what was tried and dropped: docs/long-recordings.md.
 """
@@ -76,6 +75,7 @@ import collections
 import contextlib
 import dataclasses
 import difflib
+import functools
 import itertools
 import logging
 import queue
@@ -225,6 +225,9 @@ _FOLLOWS_ON_SHARE = 0.98
 # under): 478 -> 469 word errors, 176.3 -> 172.2 s (what is read again takes the time there).
 _JOINED_SECONDS = 120.0
 _JOINED_SAMPLES = int(_JOINED_SECONDS * SAMPLE_RATE)
+# A run of pieces that follow on is joined once this much of it is known (so that the joins can
+# be placed evenly) or it ends: the planner's pieces are read as they are found.
+_RUN_SAMPLES = 4 * _JOINED_SAMPLES
 # A piece that follows on is read with the text of this much audio before it (read alone, at
 # temperature 0, in a short window: about a second) as its first window's prompt: the words the
 # speaker was saying, the thread to keep where voices behind fill the pauses; and it need not
@@ -794,18 +797,43 @@ def _follows_on(piece: Piece, previous: Piece) -> bool:
 
 def _joined_where_they_follow_on(pieces: Iterator[Piece]) -> Iterator[Piece]:
     """The pieces, each run of them that follow on from one another (`_follows_on`) joined
-    into one piece spanning up to `_JOINED_SECONDS`, read as the raw engine reads a file:
-    window after window, each with the text before it."""
-    current = next(pieces, None)
-    if current is None:
-        return
+    into as few pieces spanning up to `_JOINED_SECONDS` as it takes, read as the raw engine
+    reads a file: window after window, each with the text before it. The joins are placed so
+    that the longest of them is as short as it can be, as they are read side by side: voices
+    13 dB behind, 3.6 min (`benchmarks/long_audio.py --background 13`), pieces of 38, 40, 31
+    and 50 s were joined first come first as 109 s and 50 s, the 109 s piece read alone long
+    after the other was done; as 79 s and 81 s, the recording took 52.2 and 54.2 s against
+    56.1 and 59.8 s (whisper-base, in one process), 61 word errors against 63."""
+    run: list[Piece] = []
     for piece in pieces:
-        if _follows_on(piece, current) and piece.end - current.start <= _JOINED_SAMPLES:
-            current = current.joined(piece)
-        else:
-            yield current
-            current = piece
-    yield current
+        if run and not (_follows_on(piece, run[-1]) and piece.end - run[0].start <= _RUN_SAMPLES):
+            yield from _balanced(run)
+            run = []
+        run.append(piece)
+    yield from _balanced(run)
+
+
+def _balanced(run: list[Piece]) -> Iterator[Piece]:
+    """`run`, pieces that each follow on from the one before, joined into as few as spans of up
+    to `_JOINED_SAMPLES` allow, the longest as short as it can be (where several ways give
+    it, the earlier pieces are the longer)."""
+    if not run:
+        return
+
+    def grouped(longest: int) -> list[list[Piece]]:
+        groups: list[list[Piece]] = []
+        for piece in run:
+            if groups and piece.end - groups[-1][0].start <= longest:
+                groups[-1].append(piece)
+            else:
+                groups.append([piece])
+        return groups
+
+    fewest = len(grouped(_JOINED_SAMPLES))
+    spans = sorted({b.end - a.start for i, a in enumerate(run) for b in run[i:]})
+    longest = next(span for span in spans if len(grouped(span)) <= fewest)
+    for group in grouped(min(longest, _JOINED_SAMPLES)):
+        yield functools.reduce(Piece.joined, group)
 
 
 def _deferred(reader: _PieceReader, piece: Piece, follows_on: bool) -> Iterator[Segment]:
