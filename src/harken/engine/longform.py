@@ -832,7 +832,7 @@ def _balanced(run: list[Piece]) -> Iterator[Piece]:
     fewest = len(grouped(_JOINED_SAMPLES))
     spans = sorted({b.end - a.start for i, a in enumerate(run) for b in run[i:]})
     longest = next(span for span in spans if len(grouped(span)) <= fewest)
-    for group in grouped(min(longest, _JOINED_SAMPLES)):
+    for group in grouped(longest):
         yield functools.reduce(Piece.joined, group)
 
 
