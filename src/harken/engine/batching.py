@@ -8,9 +8,11 @@ moment into one batched call, then hands every caller its own row of the result.
 
 What gains most is the beam search: one decoding step over the hypotheses of eight windows
 costs little more than over one window's, and generation per window fell from 0.78 s alone to
-0.41 s in batches of eight (whisper-base, 2 cores). The encoder does not gain on a CPU (its
-matrices are already large; per window a batch of eight was 3-15% slower than one at a time),
-so encoder passes run one window at a time by default (`max_encode_batch`), and the executors
+0.41 s in batches of eight (whisper-base, 2 cores). The encoder gains little on a CPU (its
+matrices are already large; per window a batch of eight was 3-15% slower than one at a time;
+on another day batches of 2-4 took 0.7x, yet pieces of a long recording encoded in batches
+of up to 4 were read no faster: docs/long-recordings.md), so encoder passes run one window at
+a time by default (`max_encode_batch`), and the executors
 (`executors`, one per CTranslate2 replica) keep the cores busy with one window's encoder pass
 next to another batch's beam search.
 
