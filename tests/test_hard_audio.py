@@ -9,6 +9,7 @@ second one 25 dB quieter. Each is held to the clips read one by one.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
@@ -38,6 +39,7 @@ from harken.engine.longform import (
     _unheard,
     _without_loops,
     _without_offset,
+    _without_words_around,
 )
 from harken.engine.script import convert_segment, words_of
 from harken.engine.segmentation import Piece, plan_pieces
@@ -1088,6 +1090,40 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     assert level(model.heard[36], 14) == pytest.approx(level(audio, 20) - 30, abs=1)
     assert level(model.heard[36], 4) == pytest.approx(level(audio, 10), abs=0.01)
     assert level(model.heard[37], 6) == pytest.approx(level(audio, 50), abs=0.01)
+
+
+def test_words_read_again_that_the_text_around_holds_are_written_once() -> None:
+    """Speech read again is read with 0.2 s of audio either side, and there the model hears
+    again the end of a word the text around it holds ("He might even have been made" / "made
+    Amyable himself." on ten minutes of the speech set, whisper-base). Those words are dropped
+    from what is read again, with their tokens; a word said again at a moment of its own is
+    kept."""
+    counts = {" made": 1, " amiable": 2, " himself.": 2, " I": 1, " have": 1}
+
+    def count_tokens(text: str) -> int:
+        return sum(counts.get(f" {word}", 1) for word in text.split())
+
+    before = spoken(355.2, 358.2, " he might even have been made")
+    after = spoken(362.0, 364.0, " I have been unable")
+    again = segment(357.98, 362.3, " made amiable himself. I have",
+                    tokens=(50364, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+                    words=(Word(357.98, 358.3, " made", 0.5), Word(358.4, 359.0, " amiable", 0.9),
+                           Word(359.0, 359.4, " himself.", 0.9), Word(361.9, 362.1, " I", 0.6),
+                           Word(362.1, 362.3, " have", 0.6)))  # fmt: skip
+    [kept] = _without_words_around([again], [before, after], count_tokens)
+    assert kept.text == " amiable himself."
+    assert (kept.start, kept.end) == (358.4, 359.4)
+    assert [w.word for w in kept.words or ()] == [" amiable", " himself."]
+    assert len(kept.tokens) == 4  # the text's, less the dropped word's; the rest to the last
+    # Said again after the text around it ends: two moments, two words.
+    later = dataclasses.replace(again, words=tuple(
+        dataclasses.replace(w, start=w.start + 0.5, end=w.end + 0.5) if w.word == " made" else w
+        for w in again.words or ()))  # fmt: skip
+    [kept] = _without_words_around([later], [before], count_tokens)
+    assert kept.text.startswith(" made amiable")
+    # Nothing left once the text around holds it all.
+    alone = segment(357.98, 358.3, " made", words=(Word(357.98, 358.3, " made", 0.5),))
+    assert list(_without_words_around([alone], [before], count_tokens)) == []
 
 
 def test_a_passage_written_twice_is_written_once() -> None:

@@ -125,6 +125,9 @@ _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read aga
 _OFFSET = 0.003  # a recording whose mean is this far from zero (of full scale) has a DC offset
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
+_OVERLAP_WORDS = (
+    4  # words read again that the text around holds, at most (see `_without_words_around`)
+)
 _LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
 _STRETCHED_WORD_END = 0.5  # what a stretched word covers at each end (see `_said`)
 # Sound this much quieter than the stretch of speech it lies in is background. Background talk
@@ -481,7 +484,16 @@ class _PieceReader:
             if passed:
                 stretches = waiting[:passed]
                 self._read_again(
-                    samples, stretches, sound, heard, unreadable, held, length, options, floor
+                    samples,
+                    stretches,
+                    sound,
+                    heard,
+                    unreadable,
+                    held,
+                    length,
+                    options,
+                    floor,
+                    segment,
                 )
                 del waiting[:passed]
             heard.append(segment)
@@ -501,13 +513,16 @@ class _PieceReader:
         length: float,
         options: TranscriptionOptions,
         floor: float,
+        after: Segment | None = None,
     ) -> None:
         """Reads again what the text left out of `stretches`, into `held` (in time order). A
         held segment with a word stretched over the speech left out is read again with it, in
         place of it: its times spanned speech it skipped, so its text belongs after that
         speech's, or before, and only a reading of both can tell. Those of `stretches` that are
         in `sound` are not speech to `_made_up`: what the model wrote over them while doubting
-        there was speech is dropped, as over any pause."""
+        there was speech is dropped, as over any pause. `after`: the segment that went past the
+        stretches, not yet held; what is read again does not write its first words again
+        (`_without_words_around`)."""
         speech = tuple(stretch for stretch in stretches if stretch not in sound)
         short = dataclasses.replace(options, short_window=True)  # a stretch or two
         read_until = 0.0
@@ -535,8 +550,74 @@ class _PieceReader:
             result = self.transcriber.transcribe(again, short)
             moved = (_moved(segment, begin / SAMPLE_RATE) for segment in result.segments)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
-            for segment in _heard(moved, speech, stop / SAMPLE_RATE, unread):
+            read = list(_heard(moved, speech, stop / SAMPLE_RATE, unread))
+            around = [s for s in (*heard, *held, *((after,) if after else ())) if s not in hiding]
+            for segment in _without_words_around(read, around, self.transcriber.count_tokens):
                 bisect.insort(held, segment, key=_start)
+
+
+def _without_words_around(
+    read: list[Segment], around: list[Segment], count_tokens: Callable[[str], int]
+) -> Iterator[Segment]:
+    """The segments of speech read again (`read`, in order), less their first words where a
+    segment `around` them ends with the same words in the same moment, and less their last where
+    one begins so. The audio read again reaches `_REREAD_PAD` past the speech left out, and there
+    the model hears again the end of a word the text around already holds: "He might even have
+    been made" / "made Amyable himself.", and "I have" / "I have been unable to reap" (ten
+    minutes of the speech set, and talk 18 dB under a speaker, whisper-base). A word said twice
+    is said at two moments: only words whose times overlap are taken for one."""
+    for index, segment in enumerate(read):
+        words = segment.words or ()
+        head = _said_before(words, around) if index == 0 else 0
+        tail = _said_after(words[head:], around) if index == len(read) - 1 else 0
+        if not head and not tail:
+            yield segment
+            continue
+        kept = list(words[head : len(words) - tail])
+        if not kept:
+            log.info("dropped %r read again at %.1f s: the text around holds it",
+                     segment.text, segment.start)  # fmt: skip
+            continue
+        groups = [g for g in (list(words[:head]), kept, list(words[len(words) - tail :])) if g]
+        part = list(_parts(segment, groups, count_tokens))[1 if head else 0]
+        yield dataclasses.replace(part, start=kept[0].start, end=kept[-1].end)
+
+
+def _said_before(words: Sequence[Word], around: list[Segment]) -> int:
+    """How many of `words` (from the first) end a segment of `around` whose last word ends
+    after the first of them begins."""
+    if not words:
+        return 0
+    return max(
+        (_shared(s.words, words) for s in around
+         if s.words and s.words[0].start < words[0].start < s.words[-1].end),
+        default=0,
+    )  # fmt: skip
+
+
+def _said_after(words: Sequence[Word], around: list[Segment]) -> int:
+    """How many of `words` (from the last) begin a segment of `around` whose first word begins
+    before the last of them ends."""
+    if not words:
+        return 0
+    return max(
+        (_shared(words, s.words) for s in around
+         if s.words and s.words[0].start < words[-1].end < s.words[-1].end),
+        default=0,
+    )  # fmt: skip
+
+
+def _shared(before: Sequence[Word], after: Sequence[Word]) -> int:
+    """The most words (up to `_OVERLAP_WORDS`) that end `before` and begin `after`, alike
+    but for case and punctuation."""
+
+    def said(word: Word) -> list[str]:
+        return words_of(word.word.lower())
+
+    for count in range(min(_OVERLAP_WORDS, len(before), len(after)), 0, -1):
+        if [said(w) for w in before[-count:]] == [said(w) for w in after[:count]]:
+            return count
+    return 0
 
 
 def _unheard(
@@ -957,6 +1038,14 @@ def _split_at_cuts(
     if len(groups) == 1:
         yield segment
         return
+    yield from _parts(segment, groups, count_tokens)
+
+
+def _parts(
+    segment: Segment, groups: list[list[Word]], count_tokens: Callable[[str], int]
+) -> Iterator[Segment]:
+    """The segment cut into parts of its words (`groups`, in order, none empty), each with
+    its own text and tokens."""
     texts = ["".join(w.word for w in group) for group in groups]
     counts = [count_tokens(text) for text in texts]
     # Whisper's tokens are the text's between a start and an end timestamp: what is not text
