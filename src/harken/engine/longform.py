@@ -125,9 +125,7 @@ _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read aga
 _OFFSET = 0.003  # a recording whose mean is this far from zero (of full scale) has a DC offset
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
-_OVERLAP_WORDS = (
-    4  # words read again that the text around holds, at most (see `_without_words_around`)
-)
+_OVERLAP_WORDS = 4  # the most words dropped from a reading again (`_without_words_around`)
 _LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
 _STRETCHED_WORD_END = 0.5  # what a stretched word covers at each end (see `_said`)
 # Sound this much quieter than the stretch of speech it lies in is background. Background talk
