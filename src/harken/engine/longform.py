@@ -481,18 +481,8 @@ class _PieceReader:
                 passed += 1
             if passed:
                 stretches = waiting[:passed]
-                self._read_again(
-                    samples,
-                    stretches,
-                    sound,
-                    heard,
-                    unreadable,
-                    held,
-                    length,
-                    options,
-                    floor,
-                    segment,
-                )
+                self._read_again(samples, stretches, sound, heard, unreadable, held, length,
+                                 options, floor, after=segment)  # fmt: skip
                 del waiting[:passed]
             heard.append(segment)
             bisect.insort(held, segment, key=_start)
