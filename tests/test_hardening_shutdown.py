@@ -81,16 +81,16 @@ def test_sigterm_finishes_admitted_work_then_exits_cleanly(
         sent_at = time.monotonic()
         # The port stays open while admitted work drains, and new work gets a clear 503 (a client
         # dropped at a closing port could not tell whether its request was done).
-        late = None
-        while late is None and time.monotonic() - sent_at < 30:
-            attempt = httpx.post(
-                f"{url}/v1/chat/completions", json=body, headers={"api-key": KEY}, timeout=30
-            )
-            if attempt.status_code == 503:
-                late = attempt
-            else:
-                time.sleep(0.05)  # raced the signal: it was admitted, try again
-        assert late is not None, "new work was still taken after SIGTERM"
+        # The signal is seen at the server's next tick: wait until it says it is draining, so
+        # that the late request does not race the signal (admitted, it would be answered only
+        # once the work is done, and the port closed by then).
+        while httpx.get(f"{url}/health", timeout=10).status_code != 503:
+            assert time.monotonic() - sent_at < 30, "the server did not start draining"
+            time.sleep(0.02)
+        late = httpx.post(
+            f"{url}/v1/chat/completions", json=body, headers={"api-key": KEY}, timeout=30
+        )
+        assert late.status_code == 503, "new work was still taken after SIGTERM"
         assert late.json()["error"]["code"] == "overloaded", late.text
         assert "shutting down" in late.json()["error"]["message"]
         assert late.headers["connection"] == "close"
