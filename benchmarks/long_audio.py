@@ -21,6 +21,10 @@ Recordings, made in a temporary folder from the speech set:
   first clip S seconds in (the voices behind or the noise alone before it). Whisper's windows
   fall elsewhere, and over voices behind or noise its close calls go another way: the summary
   then gives each kind's WER averaged over the starts, which is what a change is judged on.
+- `--orders N`: the `--background` and `--noise` files also built in N - 1 more ways (another
+  clip order, other pauses, levels and noise for each), at each start. Moving the start moves
+  the raw engine's windows, but harken cuts its pieces at the same pauses: the other builds are
+  where a gap that holds at every start is told from one recording's close calls.
 
 Each is transcribed three ways, each in a fresh process so that peak memory is its own:
 
@@ -36,12 +40,13 @@ Prints a table and the ratios harken/raw. Not a test: it takes minutes.
 
     .venv/bin/python benchmarks/long_audio.py [--model whisper-base] [--minutes 10 60]
         [--turns] [--levels] [--phone] [--background [DB ...]] [--noise [DB ...]]
-        [--later S ...] [--harken-only] [--no-vad-row] [--keep DIR]
+        [--later S ...] [--orders N] [--harken-only] [--no-vad-row] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -283,19 +288,35 @@ def make_phone(folder: Path) -> tuple[Path, str, float]:
     return built.path, " ".join(c.text for c in built.clips), recording_seconds(built.path)
 
 
+def _build_rng(seed: int, order: int) -> np.random.Generator:
+    """The random numbers of one build of a recording: build 0 is the benchmark's as it always
+    was; each other `order` gets its own clip order, pauses, levels and noise."""
+    return np.random.default_rng(seed if order == 0 else (seed, order))
+
+
+def _order(order: int) -> str:
+    """The part of a recording's row name and file name that says which build it is."""
+    return f", order {order + 1}" if order else ""
+
+
+def _suffix(order: int) -> str:
+    """The same in a file's name."""
+    return f"-order{order + 1}" if order else ""
+
+
 def make_background(
-    folder: Path, under_db: float = 18.0, later: float = 0.0
+    folder: Path, under_db: float = 18.0, later: float = 0.0, order: int = 0
 ) -> tuple[Path, str, float]:
     """Forty English clips at -24 dB, 0.4-1.5 s apart, over a bed of the other clips `under_db`
     under them (-42 dB by default) that never stops (talk in the background), FLAC; the first
     clip starts `later` seconds in, the bed alone before it. The reference is the speaker's
-    text."""
+    text. `order`: which build (`_build_rng`)."""
     from harken.audio import decode_audio
     from tests.test_hard_audio import encode, levelled
 
     english = [c for c in shared_clips().values()
                if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
-    rng = np.random.default_rng(23)
+    rng = _build_rng(23, order)
     front = [english[i] for i in rng.permutation(len(english))][:40]
     parts = [np.zeros(int(later * SAMPLE_RATE), dtype=np.float32)]
     for clip, pause in zip(front, rng.uniform(0.4, 1.5, len(front)), strict=True):
@@ -304,30 +325,32 @@ def make_background(
     voices = np.concatenate(parts)
     bed = np.concatenate([levelled(decode_audio(c.bytes()), -24.0 - under_db) for c in english])
     bed = np.tile(bed, voices.shape[0] // bed.shape[0] + 1)[: voices.shape[0]]
-    path = folder / f"background-{under_db:g}dB-{later:g}s.flac"
+    path = folder / f"background-{under_db:g}dB-{later:g}s{_suffix(order)}.flac"
     encode(voices + bed, path)
     return path, " ".join(c.text for c in front), recording_seconds(path)
 
 
-def make_noise(folder: Path, under_db: float = 8.0, later: float = 0.0) -> tuple[Path, str, float]:
+def make_noise(
+    folder: Path, under_db: float = 8.0, later: float = 0.0, order: int = 0
+) -> tuple[Path, str, float]:
     """Every English clip but the sonnets at -26 to -20 dB, 0.5-2 s apart, over steady noise
     (white noise averaged over 8 samples: a dull hiss) `under_db` under -23 dB, as Opus; the
-    first clip starts `later` seconds in, the noise alone before it."""
+    first clip starts `later` seconds in, the noise alone before it. `order`: which build."""
     from harken.audio import decode_audio
     from tests.test_hard_audio import encode, hiss, levelled
 
     english = [c for c in shared_clips().values()
                if c.language == "en" and c.id != "librivox_shakespeare_sonnets_1-3"]  # fmt: skip
-    rng = np.random.default_rng(24)
-    order = [english[i] for i in rng.permutation(len(english))]
+    rng = _build_rng(24, order)
+    clips_in_order = [english[i] for i in rng.permutation(len(english))]
     parts = [np.zeros(int(later * SAMPLE_RATE), dtype=np.float32)]
-    for clip in order:
+    for clip in clips_in_order:
         parts += [levelled(decode_audio(clip.bytes()), rng.uniform(-26.0, -20.0)),
                   np.zeros(int(rng.uniform(0.5, 2.0) * SAMPLE_RATE), dtype=np.float32)]  # fmt: skip
     clips = np.concatenate(parts)
-    path = folder / f"noise-{under_db:g}dB-{later:g}s.ogg"
+    path = folder / f"noise-{under_db:g}dB-{later:g}s{_suffix(order)}.ogg"
     encode(clips + hiss(clips.shape[0], -23.0 - under_db, rng), path)
-    return path, " ".join(c.text for c in order), recording_seconds(path)
+    return path, " ".join(c.text for c in clips_in_order), recording_seconds(path)
 
 
 def _late(seconds: float) -> str:
@@ -371,6 +394,14 @@ def main() -> None:
         help="build the --background and --noise files once for each S, their first clip S "
         "seconds in (default 0): where the windows fall moves, and with it Whisper's close calls",
     )
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=1,
+        metavar="N",
+        help="build the --background and --noise files in N ways (clip order, pauses, levels, "
+        "noise; default 1, the benchmark's own), each at every --later start",
+    )
     parser.add_argument("--harken-only", action="store_true", help="skip the raw calls")
     parser.add_argument("--no-vad-row", action="store_true", help="skip raw with vad_filter")
     parser.add_argument(
@@ -386,6 +417,8 @@ def main() -> None:
     parser.add_argument("--raw-child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--raw-vad", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.orders < 1:
+        parser.error("--orders: at least 1")
 
     from harken.config import Settings
 
@@ -405,12 +438,14 @@ def main() -> None:
     # `--background` alone: the 18 dB recording; None: not asked for.
     for under_db in [18.0] if args.background == [] else args.background or []:
         name = "background" if under_db == 18.0 else f"background {under_db:g} dB"
-        for later in args.later:
-            recordings.append((name + _late(later), *make_background(folder, under_db, later)))
+        for order, later in itertools.product(range(args.orders), args.later):
+            built = make_background(folder, under_db, later, order)
+            recordings.append((name + _order(order) + _late(later), *built))
     for under_db in [8.0] if args.noise == [] else args.noise or []:
         name = f"noise {under_db:g} dB"
-        for later in args.later:
-            recordings.append((name + _late(later), *make_noise(folder, under_db, later)))
+        for order, later in itertools.product(range(args.orders), args.later):
+            built = make_noise(folder, under_db, later, order)
+            recordings.append((name + _order(order) + _late(later), *built))
     for minutes in args.minutes:
         path, reference, duration = make_recording(minutes, folder, args.sparse, args.clips)
         name = f"{duration / 60:.1f} min{' sparse' if args.sparse else ''}"
@@ -458,15 +493,16 @@ def main() -> None:
                 f"first text {(h['first'] or 0) / (w['first'] or 1):.2f}, "
                 f"peak RSS {h['peak_mb'] / w['peak_mb']:.2f}, WER {h['wer']:.3f} vs {w['wer']:.3f}"
             )
-    if len(args.later) > 1 and not args.harken_only:
+    if len(args.later) * args.orders > 1 and not args.harken_only:
         _print_over_starts(by_file)
 
 
 def _print_over_starts(by_file: dict[str, dict[str, dict]]) -> None:
-    """For each recording built at several starts (`--later`): harken's and the raw engine's
-    times summed and WERs averaged over the starts. One start's WER gap can be where the
-    windows happen to fall (over voices 13 dB behind, the raw engine's WER ranged over
-    9.8-18.0% from one start to another within 3.1 s); the mean is what a change is judged on."""
+    """For each recording built at several starts (`--later`) or in several ways (`--orders`):
+    harken's and the raw engine's times summed and WERs averaged over the builds. One build's
+    WER gap can be where the windows happen to fall (over voices 13 dB behind, the raw engine's
+    WER ranged over 9.8-18.0% from one start to another within 3.1 s); the mean is what a
+    change is judged on."""
     starts: dict[str, list[dict[str, dict]]] = {}
     for name, pair in by_file.items():
         if "raw" in pair:
@@ -478,7 +514,7 @@ def _print_over_starts(by_file: dict[str, dict[str, dict]]) -> None:
         w_total = sum(p["raw"]["total"] for p in pairs)
         h_wer = sum(p["harken"]["wer"] for p in pairs) / len(pairs)
         w_wer = sum(p["raw"]["wer"] for p in pairs) / len(pairs)
-        print(f"{family}, over {len(pairs)} starts: harken/raw total {h_total / w_total:.2f}, "
+        print(f"{family}, over {len(pairs)} builds: harken/raw total {h_total / w_total:.2f}, "
               f"mean WER {h_wer:.3f} vs {w_wer:.3f}")  # fmt: skip
 
 
