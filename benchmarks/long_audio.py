@@ -289,13 +289,13 @@ def make_phone(folder: Path) -> tuple[Path, str, float]:
 
 
 def _build_rng(seed: int, order: int) -> np.random.Generator:
-    """The random numbers of one build of a recording: build 0 is the benchmark's as it always
-    was; each other `order` gets its own clip order, pauses, levels and noise."""
+    """The random numbers of one build of a recording: `order` 0 is the benchmark's as it
+    always was; each other gets its own clip order, pauses, levels and noise."""
     return np.random.default_rng(seed if order == 0 else (seed, order))
 
 
 def _order(order: int) -> str:
-    """The part of a recording's row name and file name that says which build it is."""
+    """The part of a recording's row name that says which build it is (counted from 1)."""
     return f", order {order + 1}" if order else ""
 
 
