@@ -560,6 +560,71 @@ def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperT
     assert not _said_again(reading([loop] * 10, 2.0), tokenizer, checks)
 
 
+# A piece of a recording built apart from the tests (tests/data/README.md): seven clips over
+# synthetic chords 15 dB under, cut where harken cut it. Its second window, read after the
+# first's text ("... 8 of Spades, 4 of Clothes, 7 of Hearts"), looped at temperature 0.
+_LOOP_PIECE = Path(__file__).resolve().parent / "data/built/cards_then_cats_over_chords.flac"
+_LOOP_PIECE_CLIPS = (
+    "ls_2412-153948-0001", "librivox_sns01_0920", "sphinx_cards_001", "sphinx_cards_005",
+    "ls_1988-24833-0003", "ls_1089-134686-0001",
+)  # fmt: skip
+
+
+def test_a_window_that_loops_after_its_previous_text_is_read_without_it(
+    unbatched: FasterWhisperTranscriber, speech: dict[str, Any]
+) -> None:
+    # Read after the first window's text, the second window's reading at temperature 0 was
+    # "18, 18, 18, ..." (compression 19.5), and so at every higher temperature: five sampled
+    # readings, and one kept that lost "Stuff it into you, his belly counselled him." (a
+    # random sample: the passage, or "17 of oscarite-go ..."). Read again at temperature 0
+    # without that text, it passes.
+    from harken.audio import decode_pcm16
+
+    prompts: list[list[int]] = []
+    decode = unbatched._decode_window
+
+    def decoding(encoder_output: Any, prompt: list[int], *rest: Any) -> Any:
+        prompts.append(list(prompt))
+        return decode(encoder_output, prompt, *rest)
+
+    unbatched._decode_window = decoding  # type: ignore[method-assign]
+    try:
+        audio = decode_pcm16(_LOOP_PIECE.read_bytes())
+        segments = list(unbatched.transcribe(audio, TranscriptionOptions(language="en")).segments)
+    finally:
+        unbatched._decode_window = decode  # type: ignore[method-assign]
+    assert [(s.start, s.text) for s in segments if s.temperature > 0] == []
+    text = " ".join(s.text for s in segments)
+    assert "his belly" in text.lower()
+    said = [speech[clip].text for clip in _LOOP_PIECE_CLIPS]
+    reference = " ".join([*said, "And so my fellow Americans"])
+    assert wer(reference, text) <= 0.15
+    tokenizer = unbatched._tokenizer
+    previous = tokenizer.token_to_id("<|startofprev|>")
+    # Each window read once with its previous text, but one: read again without it.
+    assert [p[0] == previous for p in prompts].count(False) == 2  # the first window, and that
+
+
+def test_only_whispers_own_previous_text_is_left_out_on_a_retry(
+    unbatched: FasterWhisperTranscriber,
+) -> None:
+    from faster_whisper.tokenizer import Tokenizer
+
+    from harken.engine.whisper import _without_previous_text
+
+    tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
+    words = tokenizer.encode(" 8 of Spades, 4 of Clothes, 7 of Hearts")
+    start = list(tokenizer.sot_sequence)
+    plain = types.SimpleNamespace(initial_prompt=None, hotwords=None)
+    assert _without_previous_text([tokenizer.sot_prev, *words, *start], tokenizer, plain) == start
+    assert _without_previous_text(start, tokenizer, plain) is None  # nothing to leave out
+    # A caller's prompt or hotwords open the previous text: kept, and no retry.
+    for asked in ({"initial_prompt": "Cards"}, {"hotwords": "Spades"}):
+        options = types.SimpleNamespace(**{**vars(plain), **asked})
+        prompt = [tokenizer.sot_prev, *words, *start]
+        assert _without_previous_text(prompt, tokenizer, options) is None
+
+
 def _tiny_en(harken_home: Path, batch_size: int) -> FasterWhisperTranscriber:
     settings = Settings(home=harken_home)
     weights = Catalog(settings).resolve("whisper-tiny.en").weights(settings)
