@@ -577,7 +577,8 @@ def test_a_window_that_loops_after_its_previous_text_is_read_without_it(
     # "18, 18, 18, ..." (compression 19.5), and so at every higher temperature: five sampled
     # readings, and one kept that lost "Stuff it into you, his belly counselled him." (a
     # random sample: the passage, or "17 of oscarite-go ..."). Read again at temperature 0
-    # without that text, it passes.
+    # without that text, it passes; cut short, so does that window's short reading, and the
+    # whole window (where the loop ran to its end) is not read.
     from harken.audio import decode_pcm16
 
     prompts: list[list[int]] = []
@@ -588,21 +589,24 @@ def test_a_window_that_loops_after_its_previous_text_is_read_without_it(
         return decode(encoder_output, prompt, *rest)
 
     unbatched._decode_window = decoding  # type: ignore[method-assign]
-    try:
-        audio = decode_pcm16(_LOOP_PIECE.read_bytes())
-        segments = list(unbatched.transcribe(audio, TranscriptionOptions(language="en")).segments)
-    finally:
-        unbatched._decode_window = decode  # type: ignore[method-assign]
-    assert [(s.start, s.text) for s in segments if s.temperature > 0] == []
-    text = " ".join(s.text for s in segments)
-    assert "his belly" in text.lower()
+    audio = decode_pcm16(_LOOP_PIECE.read_bytes())
     said = [speech[clip].text for clip in _LOOP_PIECE_CLIPS]
     reference = " ".join([*said, "And so my fellow Americans"])
-    assert wer(reference, text) <= 0.15
-    tokenizer = unbatched._tokenizer
-    previous = tokenizer.token_to_id("<|startofprev|>")
-    # Each window read once with its previous text, but one: read again without it.
-    assert [p[0] == previous for p in prompts].count(False) == 2  # the first window, and that
+    previous = unbatched._tokenizer.token_to_id("<|startofprev|>")
+    # Read as a piece is (its last window cut short, `short_window`) and as any audio.
+    try:
+        for short_window in (True, False):
+            prompts.clear()
+            options = TranscriptionOptions(language="en", short_window=short_window)
+            segments = list(unbatched.transcribe(audio, options).segments)
+            assert [(s.start, s.text) for s in segments if s.temperature > 0] == []
+            text = " ".join(s.text for s in segments)
+            assert "his belly" in text.lower()
+            assert wer(reference, text) <= 0.15
+            # Two windows: the second read with the first's text, and again without it.
+            assert [p[0] == previous for p in prompts] == [False, True, False]
+    finally:
+        unbatched._decode_window = decode  # type: ignore[method-assign]
 
 
 def test_only_whispers_own_previous_text_is_left_out_on_a_retry(
