@@ -560,6 +560,66 @@ def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperT
     assert not _said_again(reading([loop] * 10, 2.0), tokenizer, checks)
 
 
+def test_a_sampled_reading_that_loops_is_not_kept(unbatched: FasterWhisperTranscriber) -> None:
+    # 25 s of a chord that VAD took for speech, then a speaker's first words: whisper-base's
+    # reading at temperature 0 fails ("And so am I.", improbable), and most samples at higher
+    # temperatures fail too; on one CI run a sample that passed Whisper's checks, a sentence
+    # three times over, was kept and written over the music. Samples are random, so these
+    # readings are scripted: the ones the model gave.
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_compression_ratio
+
+    tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
+    loop = " I don't know what you're talking about," * 3
+
+    @dataclasses.dataclass
+    class Options:  # what the rule reads of faster-whisper's options, its defaults
+        temperatures: list[float]
+        compression_ratio_threshold: float = 2.4
+        log_prob_threshold: float = -1.0
+        no_speech_threshold: float = 0.6
+        initial_prompt: str | None = None
+        hotwords: str | None = None
+
+    options = Options(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+    def reading(text: str, at: float, logprob: float, temperature: float) -> Any:
+        start = tokenizer.timestamp_begin + round(at / 0.02)
+        tokens = [start, *tokenizer.encode(text), start + 50]
+        window = types.SimpleNamespace(sequences_ids=[tokens], no_speech_prob=0.24)
+        return window, logprob, temperature, get_compression_ratio(text.strip())
+
+    first = reading(" And so am I.", 25.0, -1.15, 0.0)
+    decode = unbatched._decode_window
+
+    def read(sampled: Any) -> tuple[Any, list[float]]:
+        """The reading kept where the sample at 0.4 is `sampled`, and the temperatures read."""
+        asked: list[float] = []
+
+        def decoding(encoder_output: Any, prompt: Any, tokenizer: Any, options: Any) -> Any:
+            (temperature,) = options.temperatures
+            asked.append(temperature)
+            samples = {0.0: first, 0.4: sampled}
+            return samples.get(temperature, reading(" Music", 0.0, -1.3, temperature))
+
+        unbatched._decode_window = decoding  # type: ignore[method-assign]
+        try:
+            return unbatched._decode_window_or_repeats(None, [], tokenizer, options), asked
+        finally:
+            unbatched._decode_window = decode  # type: ignore[method-assign]
+
+    looping = reading(loop, 0.0, -0.4, 0.4)
+    assert looping[3] <= 2.4  # it passes Whisper's own checks
+    # Taken as failed: every temperature is read, and of the readings, all failed, the loop is
+    # not the one kept, though the most probable.
+    kept, asked = read(looping)
+    assert asked == options.temperatures
+    assert kept[0] is first[0] and kept[2] == 1.0
+    # A sample that passes and does not loop is taken, as Whisper takes it.
+    passing = reading(" Stuff it into you.", 0.0, -0.4, 0.4)
+    assert read(passing) == (passing, [0.0, 0.2, 0.4])
+
+
 # A piece of a recording built apart from the tests (tests/data/README.md): seven clips over
 # synthetic chords 15 dB under, cut where harken cut it. Its second window, read after the
 # first's text ("... 8 of Spades, 4 of Clothes, 7 of Hearts"), looped at temperature 0.

@@ -853,6 +853,19 @@ def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
     assert read_scripted(model, 26) == [" Yes."]
 
 
+def test_a_segment_without_words_is_not_written() -> None:
+    """A reading of only punctuation or a music sign passed Whisper's checks (" ... ... ..."
+    sampled over music at temperature 0.8, whisper-base): it says nothing, and the speech
+    under it is read again as any that the text left out."""
+    for nothing in (" ... ... ... ... ... ...", " ♪", " -"):
+        model = Scripted([spoken(0.0, 3.0, nothing), spoken(3.5, 5.0, " Yes.")], [])
+        assert read_scripted(model, 5) == [" Yes."]
+        assert len(model.heard) == 2  # what it covered, read again
+    # Words of a script written without spaces are words.
+    model = Scripted([spoken(0.0, 5.0, " 换一首歌。")], [])
+    assert read_scripted(model, 5) == [" 换一首歌。"]
+
+
 def test_music_before_the_first_words_gets_no_text(server: Any, speech: dict[str, Clip]) -> None:
     """VAD takes music for speech, and the first piece can be 25 s of it with the first 1.3 s
     of a speaker at its end. whisper-base reads that at every temperature, each reading failing

@@ -718,8 +718,9 @@ def _heard(
     unreadable: list[tuple[float, float]] | None,
 ) -> Iterator[Segment]:
     """The segments (times in seconds of audio `length` long, in which VAD found `speech`;
-    None: VAD was not asked) but
-    those Whisper wrote without hearing them (`_made_up`) and those of a window it could not
+    None: VAD was not asked) but those without words (" ... ...", "♪": a reading sampled
+    over music once passed Whisper's checks with nothing else), those Whisper wrote without
+    hearing them (`_made_up`) and those of a window it could not
     read: one whose reading failed Whisper's checks at every temperature and gave fewer than
     `_SPARSE_WORDS_PER_SECOND` words a second of its speech. The spans of such windows go into
     `unreadable`; None: the reading had no temperatures to fall back on (the caller chose one),
@@ -745,7 +746,7 @@ def _heard(
         window.clear()
 
     for segment in segments:
-        if _made_up(segment, speech):
+        if _made_up(segment, speech) or not words_of(segment.text):
             continue
         if window and segment.seek != window[0].seek:
             yield from judged()

@@ -405,8 +405,12 @@ class FasterWhisperTranscriber:
         recordings (the benchmark's builds; held out, music beds, talk and noise behind,
         reverberation, AAC, faint speech; 2.6-8 min) the word errors and times were the same.
 
-        Otherwise the result is faster-whisper's, whatever the split below: every temperature
-        after the first is tried in turn, and where all fail, the best one kept."""
+        A sampled reading that writes words twice in a row in a segment (`_loops`) fails,
+        however little its whole text compresses: at a higher temperature the model guesses,
+        and over music such a guess can pass the checks.
+
+        Otherwise the result is faster-whisper's: every temperature after the first is tried
+        in turn, and where all fail, the best one kept."""
         temperatures = list(options.temperatures)
         if not _falls_back(options):  # the caller's choice
             return self._decode_window(encoder_output, prompt, tokenizer, options)
@@ -423,18 +427,31 @@ class FasterWhisperTranscriber:
             if _passes(again, options):
                 log.debug("a window that failed after its previous text read without it")
                 return again
-        rest = self._decode_window(
-            encoder_output, prompt, tokenizer,
-            dataclasses.replace(options, temperatures=temperatures[1:]),
-        )  # fmt: skip
-        if _passes(rest, options):
-            return rest
+        readings = [first]
+        for temperature in temperatures[1:]:
+            sample = self._decode_window(
+                encoder_output, prompt, tokenizer,
+                dataclasses.replace(options, temperatures=[temperature]),
+            )  # fmt: skip
+            looped = _loops(sample, tokenizer)
+            if _passes(sample, options) and not looped:
+                return sample
+            if looped:
+                log.debug("a sampled reading loops: %r", _text(sample, tokenizer))
+            readings.append(sample)
         # Every temperature failed: faster-whisper keeps the most probable reading of those
-        # that do not compress too well (of all, if none), with the last temperature.
+        # that do not compress too well (of all, if none), with the last temperature. A sample
+        # that loops compresses too well for this, however its whole text compresses.
         threshold = options.compression_ratio_threshold
-        below = [r for r in (first, rest) if threshold is not None and r[3] <= threshold]
-        kept = max(below or [first, rest], key=lambda r: r[1])
-        return kept[0], kept[1], rest[2], kept[3]
+        below = [
+            reading
+            for reading in readings
+            if threshold is not None
+            and reading[3] <= threshold
+            and (reading is first or not _loops(reading, tokenizer))
+        ]
+        kept = max(below or readings, key=lambda r: r[1])
+        return kept[0], kept[1], temperatures[-1], kept[3]
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
         """The language of `audio` (its first 30 s) and its probability; on an English-only
@@ -527,6 +544,30 @@ def _said_again(decoded: tuple[Any, float, float, float], tokenizer: Any, option
         return False
     log.debug("kept a reading that repeats %d sentence(s) of its window", repeats)
     return True
+
+
+def _loops(decoded: tuple[Any, float, float, float], tokenizer: Any) -> bool:
+    """Whether a reading writes a run of `_REPEAT_WORDS` words or more twice in a row within
+    one of its segments: a decoding loop, though its whole text may compress less than
+    Whisper's checks catch. Over 25 s of a chord that VAD took for speech, whisper-base's
+    readings failed at temperature 0 ("And so am I.", the speaker's first words at its end);
+    about one sample in three hundred passed the checks, among them "I don't know what
+    you're talking about," three times over (compression under 2.4), kept and written over the
+    music. A speaker saying a sentence again pauses, and Whisper times the saying apart."""
+    segments = _timed_segments(decoded[0].sequences_ids[0], tokenizer)
+    if segments is None:
+        segments = [(0, None, _text(decoded, tokenizer))]
+    for _, _, text in segments:
+        words = words_of(text.lower())
+        for length in range(_REPEAT_WORDS, len(words) // 2 + 1):
+            for at in range(len(words) - 2 * length + 1):
+                if words[at : at + length] == words[at + length : at + 2 * length]:
+                    return True
+    return False
+
+
+def _text(decoded: tuple[Any, float, float, float], tokenizer: Any) -> str:
+    return str(tokenizer.decode([t for t in decoded[0].sequences_ids[0] if t < tokenizer.eot]))
 
 
 def _timed_segments(tokens: list[int], tokenizer: Any) -> list[tuple[int, int | None, str]] | None:
