@@ -550,10 +550,11 @@ def _loops(decoded: tuple[Any, float, float, float], tokenizer: Any) -> bool:
     """Whether a reading writes a run of `_REPEAT_WORDS` words or more twice in a row within
     one of its segments: a decoding loop, though its whole text may compress less than
     Whisper's checks catch. Over 25 s of a chord that VAD took for speech, whisper-base's
-    readings failed at temperature 0 ("And so am I.", the speaker's first words at its end);
-    about one sample in three hundred passed the checks, among them "I don't know what
-    you're talking about," three times over (compression under 2.4), kept and written over the
-    music. A speaker saying a sentence again pauses, and Whisper times the saying apart."""
+    readings failed at temperature 0 ("And so am I.", the speaker's first words at its end),
+    and about one sample in three hundred passed the checks; on a CI machine the one that
+    passed was "I don't know what you're talking about," three times over (compression under
+    2.4), kept and written over the music. A speaker saying a sentence again pauses, and
+    Whisper times the sayings apart."""
     segments = _timed_segments(decoded[0].sequences_ids[0], tokenizer)
     if segments is None:
         segments = [(0, None, _text(decoded, tokenizer))]
