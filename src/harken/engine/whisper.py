@@ -428,28 +428,24 @@ class FasterWhisperTranscriber:
                 log.debug("a window that failed after its previous text read without it")
                 return again
         readings = [first]
+        unlooped = [first]  # the readings that may be kept for compressing little enough
         for temperature in temperatures[1:]:
             sample = self._decode_window(
                 encoder_output, prompt, tokenizer,
                 dataclasses.replace(options, temperatures=[temperature]),
             )  # fmt: skip
-            looped = _loops(sample, tokenizer)
-            if _passes(sample, options) and not looped:
-                return sample
-            if looped:
-                log.debug("a sampled reading loops: %r", _text(sample, tokenizer))
             readings.append(sample)
+            if _loops(sample, tokenizer):
+                log.debug("a sampled reading loops: %r", _text(sample, tokenizer))
+                continue
+            if _passes(sample, options):
+                return sample
+            unlooped.append(sample)
         # Every temperature failed: faster-whisper keeps the most probable reading of those
         # that do not compress too well (of all, if none), with the last temperature. A sample
         # that loops compresses too well for this, however its whole text compresses.
         threshold = options.compression_ratio_threshold
-        below = [
-            reading
-            for reading in readings
-            if threshold is not None
-            and reading[3] <= threshold
-            and (reading is first or not _loops(reading, tokenizer))
-        ]
+        below = [r for r in unlooped if threshold is not None and r[3] <= threshold]
         kept = max(below or readings, key=lambda r: r[1])
         return kept[0], kept[1], temperatures[-1], kept[3]
 
