@@ -37,6 +37,7 @@ from harken.engine.longform import (
     _PieceReader,
     _said_alone,
     _unheard,
+    _VoicesBehind,
     _without_loops,
     _without_offset,
     _without_words_around,
@@ -1103,6 +1104,54 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     assert level(model.heard[36], 14) == pytest.approx(level(audio, 20) - 30, abs=1)
     assert level(model.heard[36], 4) == pytest.approx(level(audio, 10), abs=0.01)
     assert level(model.heard[37], 6) == pytest.approx(level(audio, 50), abs=0.01)
+
+
+def test_where_voices_behind_are_heard_every_piece_is_read_with_its_lead_in() -> None:
+    """Once a piece of the plan follows on from the one before it (voices behind the speaker),
+    every piece read from then on is prompted with the text of its lead-in, also a piece cut
+    at pauses, and whether it comes before or after the one that follows on, as far ahead as
+    the pieces read at once; its voices behind are turned down only where it follows on. In a
+    recording where no piece follows on, none has a lead-in."""
+    audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
+
+    def piece(*stretches: tuple[int, int]) -> Piece:
+        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
+        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
+
+    def read(plan: list[Piece]) -> Prompted:
+        model = Prompted()
+        options = TranscriptionOptions(language="en", prompt="Harken.")
+        reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
+        first, *rest = plan
+        _, segments = reader.start(first)
+        voices = _VoicesBehind()
+        later = voices.watch(iter(rest), first)
+        list(_in_order(reader, first, segments, later, lambda: False, 3, voices))
+        return model
+
+    def said(model: Prompted, seconds: int) -> str:
+        call = model.calls[seconds]
+        return f"Harken. Call {call} begins. Call {call} ends."
+
+    first = piece((2, 6))
+    after_pauses = piece((9, 26), (28, 46))  # 37 s, after a pause of 3 s (lead-in: 0-9 s)
+    follows = piece((46, 71))  # 25 s, speech from the end of the one before (lead-in: 36-46 s)
+    assert [_follows_on(b, a) for a, b in itertools.pairwise([first, after_pauses, follows])] == [
+        False,
+        True,
+    ]
+    model = read([first, after_pauses, follows])
+    assert model.prompts[37] == said(model, 9)
+    assert model.prompts[25] == said(model, 10)
+    assert np.array_equal(model.heard[9], audio[: 9 * SAMPLE_RATE])
+    assert np.array_equal(model.heard[10], audio[36 * SAMPLE_RATE : 46 * SAMPLE_RATE])
+    assert np.array_equal(model.heard[37], audio[9 * SAMPLE_RATE : 46 * SAMPLE_RATE])  # as it is
+
+    # Without a piece that follows on, no lead-in is read.
+    apart = piece((49, 71))  # 22 s, after a pause of 3 s
+    model = read([first, after_pauses, apart])
+    assert model.prompts[37] == model.prompts[22] == "Harken."
+    assert sorted(model.prompts) == [4, 22, 37]
 
 
 def test_words_read_again_that_the_text_around_holds_are_written_once() -> None:
