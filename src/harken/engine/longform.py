@@ -44,7 +44,8 @@ fill every pause, so VAD hears one unbroken stretch and cut it for length): thos
 into pieces of up to two minutes, as even as they can be (`_joined_where_they_follow_on`), and each
 is read with the text of the 10 s before it (`_PieceReader._lead_in`) as its first window's prompt.
 Read without, Whisper took up the voices behind at the piece's start where the raw engine, reading
-on from its previous text, kept to the speaker. Pieces are read several at once
+on from its previous text, kept to the speaker. Once any piece of the plan follows on, so is every
+piece read from then on, also those cut at pauses (`_VoicesBehind`). Pieces are read several at once
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
 as one batch, and each window after a piece's first is read with the last 64 tokens of its previous
