@@ -220,6 +220,45 @@ def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
         batcher.close()
 
 
+def test_siblings_shorter_previous_texts_are_cut_to_a_set_length_so_they_meet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A group that cuts previous texts to 64 tokens: first windows prompted with lead-ins of
+    # 33 and 39 tokens are cut to their last 32 and run as one batch; 70 tokens are cut to 64;
+    # 5 (shorter than any set length) are left as they are. Each length depends on the prompt
+    # alone.
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
+    assert batching.SHORTER_PREVIOUS_TOKENS[-2:] == (32, 48)
+    seen: list[list[int]] = []
+
+    class Recorder(_Doubler):
+        def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> list[Any]:
+            seen.append(sorted(len(prompt) for prompt in prompts))
+            return super().generate(features, prompts, **options)
+
+    batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, previous_token=0)
+    prompts = [[0, *range(100, 100 + n), 1, 2] for n in (33, 39, 70, 5)]
+    group = SiblingGroup(previous_tokens=64)
+    joined = threading.Barrier(len(prompts))
+
+    def sibling(prompt: list[int]) -> list[int]:
+        with group.member():
+            joined.wait()
+            features = np.zeros((1, 4, 6), dtype=np.float32)
+            batcher.encode(features)
+            return batcher.generate(features, [prompt])[0]
+
+    try:
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            read = list(pool.map(sibling, prompts))
+    finally:
+        batcher.close()
+    assert read == [[0, *range(101, 133), 1, 2], [0, *range(107, 139), 1, 2],
+                    [0, *range(106, 170), 1, 2], prompts[3]]  # fmt: skip
+    assert sorted(seen) == [[8], [35, 35], [67]]
+
+
 def test_a_sibling_is_waited_for_while_the_model_works_and_not_once_it_is_idle(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
