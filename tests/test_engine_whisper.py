@@ -139,15 +139,20 @@ def test_two_executors_lose_no_call_when_they_race_for_the_same_work() -> None:
         batcher.close()
 
 
-def test_siblings_beam_searches_run_as_one_batch_per_prompt_length(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def patient_siblings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Siblings wait for one another as long as a test needs (never split by a wait running
+    out)."""
+    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
+    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
+
+
+@pytest.mark.usefixtures("patient_siblings")
+def test_siblings_beam_searches_run_as_one_batch_per_prompt_length() -> None:
     # Pieces of one recording: each round, every sibling still reading is waited for (never
     # split by the wait running out: the waits are made long here), then those whose prompts
     # have one length run as one batch, the others in a batch of their own; no prompt is
     # changed, and one that has finished is not waited for.
-    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
-    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
     seen: dict[int, list[int]] = {}  # prompt length → the size of each batch, in turn
 
     class Recorder(_Doubler):
@@ -180,14 +185,29 @@ def test_siblings_beam_searches_run_as_one_batch_per_prompt_length(
     assert seen == {8: [3, 3, 3, 2, 1], 10: [1] * 6}, seen
 
 
-def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def _read_side_by_side(
+    batcher: BatchingWhisper, group: SiblingGroup, prompts: list[list[int]]
+) -> list[list[int]]:
+    """Each prompt's window encoded and searched by a sibling of `group` of its own, all
+    started at once: what the batcher gave each (a `_Doubler` gives back the prompt)."""
+    joined = threading.Barrier(len(prompts))
+
+    def sibling(prompt: list[int]) -> list[int]:
+        with group.member():
+            joined.wait()
+            features = np.zeros((1, 4, 6), dtype=np.float32)
+            batcher.encode(features)
+            return batcher.generate(features, [prompt])[0]
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(sibling, prompts))
+
+
+@pytest.mark.usefixtures("patient_siblings")
+def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet() -> None:
     # A group that cuts previous texts to 3 tokens: prompts with 5 and 7 tokens of it run as
     # one batch, each with its own last 3; a prompt without previous text is left as it is, and
     # so are the prompts of a group that does not cut.
-    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
-    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
     seen: list[list[list[int]]] = []
 
     class Recorder(_Doubler):
@@ -197,38 +217,22 @@ def test_siblings_previous_texts_are_cut_to_one_length_so_they_meet(
 
     batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, previous_token=0)
 
-    def read(group: SiblingGroup, prompts: list[list[int]]) -> list[list[int]]:
-        joined = threading.Barrier(len(prompts))
-
-        def sibling(prompt: list[int]) -> list[int]:
-            with group.member():
-                joined.wait()
-                features = np.zeros((1, 4, 6), dtype=np.float32)
-                batcher.encode(features)
-                return batcher.generate(features, [prompt])[0]
-
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            return list(pool.map(sibling, prompts))
-
     try:
         five, seven = [0, 11, 12, 13, 14, 15, 1, 2], [0, 21, 22, 23, 24, 25, 26, 27, 1, 2]
-        cut = read(SiblingGroup(previous_tokens=3), [five, seven, [1, 2]])
+        cut = _read_side_by_side(batcher, SiblingGroup(previous_tokens=3), [five, seven, [1, 2]])
         assert cut == [[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2], [1, 2]]
         assert sorted(seen) == [[[0, 13, 14, 15, 1, 2], [0, 25, 26, 27, 1, 2]], [[1, 2]]]
-        assert read(SiblingGroup(), [five, seven]) == [five, seven]
+        assert _read_side_by_side(batcher, SiblingGroup(), [five, seven]) == [five, seven]
     finally:
         batcher.close()
 
 
-def test_siblings_shorter_previous_texts_are_cut_to_a_set_length_so_they_meet(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.mark.usefixtures("patient_siblings")
+def test_siblings_shorter_previous_texts_are_cut_to_a_set_length_so_they_meet() -> None:
     # A group that cuts previous texts to 64 tokens: first windows prompted with lead-ins of
     # 33 and 39 tokens are cut to their last 32 and run as one batch; 70 tokens are cut to 64;
     # 5 (shorter than any set length) are left as they are. Each length depends on the prompt
     # alone.
-    monkeypatch.setattr(batching, "SIBLING_WAIT_SECONDS", 60.0)
-    monkeypatch.setattr(batching, "SIBLING_IDLE_SECONDS", 60.0)
     assert batching.SHORTER_PREVIOUS_TOKENS[-2:] == (32, 48)
     seen: list[list[int]] = []
 
@@ -239,19 +243,8 @@ def test_siblings_shorter_previous_texts_are_cut_to_a_set_length_so_they_meet(
 
     batcher = BatchingWhisper(Recorder(), sot_token=1, max_batch=8, previous_token=0)
     prompts = [[0, *range(100, 100 + n), 1, 2] for n in (33, 39, 70, 5)]
-    group = SiblingGroup(previous_tokens=64)
-    joined = threading.Barrier(len(prompts))
-
-    def sibling(prompt: list[int]) -> list[int]:
-        with group.member():
-            joined.wait()
-            features = np.zeros((1, 4, 6), dtype=np.float32)
-            batcher.encode(features)
-            return batcher.generate(features, [prompt])[0]
-
     try:
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            read = list(pool.map(sibling, prompts))
+        read = _read_side_by_side(batcher, SiblingGroup(previous_tokens=64), prompts)
     finally:
         batcher.close()
     assert read == [[0, *range(101, 133), 1, 2], [0, *range(107, 139), 1, 2],
