@@ -49,7 +49,8 @@ piece read from then on, also those cut at pauses (`_VoicesBehind`). Pieces are 
 (`Transcriber.parallel_windows`), each window after window as the raw engine reads a file, as
 siblings (`batching.SiblingGroup`): those of their beam searches whose prompts have one length run
 as one batch, and each window after a piece's first is read with the last 64 tokens of its previous
-text (`_SIBLING_PREVIOUS_TOKENS`), so that nearly all of them meet (the text is the same whoever
+text (`_SIBLING_PREVIOUS_TOKENS`; a shorter one, such as a lead-in's, to a set length:
+`batching.SHORTER_PREVIOUS_TOKENS`), so that nearly all of them meet (the text is the same whoever
 meets; a caller's prompt is kept whole, and then so is Whisper's). On a 2-core CPU the raw engine's
 cost is the beam search, token by token; eight windows' beam searches in one batch cost 0.62 s a
 window against 1.0 s alone (whisper-base). The first piece is read alone, so that the first text
