@@ -472,22 +472,33 @@ def test_quiet_sound_and_music_in_a_pause_are_left_out(speech: dict[str, Clip]) 
 _TELEPHONE_TAIL = Path(__file__).resolve().parent / "data/built/telephone_tail.wav"
 
 
-def test_the_faint_end_of_a_sentence_is_not_cut_with_a_long_pause(openai_client: Any) -> None:
-    """A recording over a telephone line (8 kHz mu-law, built apart from the tests): Silero
+def test_faint_speech_in_a_long_pause_and_at_the_end_is_read(openai_client: Any) -> None:
+    """Recordings over a telephone line (8 kHz mu-law, built apart from the tests). Silero
     heard the start of "for a full hour he had paced up and down waiting but he could wait no
-    longer" and gave its end 0.05-0.24. That end, 0.8 s of it within 12 dB of the speech
-    beside it, lay in what the plan took for a pause of 4.6 s, which it cut to 2 s: "but he
-    could wait no longer" was lost. Half a second of such sound is read as speech is."""
+    longer" and gave its end 0.05-0.24: that end, 0.8 s of it within 12 dB of the speech
+    beside it, lay in what the plan took for a pause of 4.6 s, which it cut to 2 s, and "but
+    he could wait no longer" was lost. Half a second of such sound in a pause that would be
+    cut is read as speech is. So is such sound after the last stretch VAD heard: the last
+    clip of another recording, "eight of spades four of clubs seven of hearts", was never
+    read."""
     data = _TELEPHONE_TAIL.read_bytes()
     audio = decode_audio(data)
-    end = slice(41 * SAMPLE_RATE, int(42.5 * SAMPLE_RATE))  # "could wait no longer"
+    seconds = audio.shape[0] / SAMPLE_RATE
+    faint = {
+        "could wait no longer": slice(41 * SAMPLE_RATE, int(42.5 * SAMPLE_RATE)),
+        "four of clubs seven of": slice(int((seconds - 3.3) * SAMPLE_RATE), None),
+    }
     heard = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0], True)
-    assert not heard[end].any()
-    assert read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0])[end].all()
+    read = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0])
+    for name, span in faint.items():
+        assert heard[span].mean() < 0.1, name
+        assert read[span][: 2 * SAMPLE_RATE].all(), name
     text = openai_client.audio.transcriptions.create(
         model=TINY, file=("call.wav", data), language="en", response_format="text"
     )
-    assert "waiting but he could wait no longer" in normalize_text(str(text))
+    words = normalize_text(str(text))
+    assert "waiting but he could wait no longer" in words
+    assert "of heart" in " ".join(words.split()[-4:])  # the recording's last words
 
 
 # --- levelling, the loop guard and the re-read rule, on their own
