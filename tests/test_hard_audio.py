@@ -501,6 +501,28 @@ def test_faint_speech_in_a_long_pause_and_at_the_end_is_read(openai_client: Any)
     assert "of heart" in " ".join(words.split()[-4:])  # the recording's last words
 
 
+_TELEPHONE_DEAF = Path(__file__).resolve().parent / "data/built/telephone_deaf.wav"
+
+
+def test_speech_vad_gives_no_chance_over_a_telephone_line_is_read(openai_client: Any) -> None:
+    """Over a telephone line (8 kHz mu-law, built apart from the tests), Silero gave 0.00-0.01
+    to a whole clip at the speakers' level, Kennedy's "and so my fellow Americans, ask not...":
+    the plan took it for a pause of 17 s and cut it out. In a pause that would be cut, a
+    second of sound at the speakers' level that falls far under it between words, as speech
+    does, is read whatever Silero says (a chord there is not: see the test above)."""
+    data = _TELEPHONE_DEAF.read_bytes()
+    audio = decode_audio(data)
+    kennedy = slice(int(40.9 * SAMPLE_RATE), int(51.5 * SAMPLE_RATE))
+    heard = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0], True)
+    read = read_spans(plan_pieces(audio, SegmentationOptions()), audio.shape[0])
+    assert heard[kennedy].mean() < 0.05
+    assert read[kennedy].all()
+    text = openai_client.audio.transcriptions.create(
+        model=TINY, file=("call.wav", data), language="en", response_format="text"
+    )
+    assert "ask not what your country can do for you" in normalize_text(str(text))
+
+
 # --- levelling, the loop guard and the re-read rule, on their own
 class Counted:
     """A transcriber that counts the model's readings."""

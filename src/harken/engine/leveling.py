@@ -61,13 +61,24 @@ def floor_db(samples: np.ndarray) -> float:
     return float(np.percentile(10.0 * np.log10(powers + 1e-12), 10))
 
 
+def share_under(samples: np.ndarray, level_db: float, under_db: float) -> float:
+    """The share of `samples`' 20 ms frames more than `under_db` under `level_db`."""
+    decibels = 10.0 * np.log10(_frame_powers(samples) + 1e-12)
+    return float(np.mean(decibels < level_db - under_db)) if decibels.size else 0.0
+
+
 def span_at_level(
-    samples: np.ndarray, level_db: float, within_db: float, at_least: float
+    samples: np.ndarray,
+    level_db: float,
+    within_db: float,
+    at_least: float,
+    floor_db: float = -np.inf,
 ) -> tuple[int, int] | None:
     """From the first to the last 20 ms frame of `samples` no more than `within_db` under
-    `level_db` (sample offsets), if at least `at_least` seconds of frames are; else None."""
+    `level_db`, and at `floor_db` or above (sample offsets), if at least `at_least` seconds of
+    frames are; else None."""
     decibels = 10.0 * np.log10(_frame_powers(samples) + 1e-12)
-    loud = np.flatnonzero(decibels >= level_db - within_db)
+    loud = np.flatnonzero(decibels >= max(level_db - within_db, floor_db))
     if loud.shape[0] * _FRAME < at_least * SAMPLE_RATE:
         return None
     return int(loud[0]) * _FRAME, int(loud[-1] + 1) * _FRAME

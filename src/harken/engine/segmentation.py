@@ -17,7 +17,8 @@ at a seam, and pieces of several windows keep what the raw engine gets right:
   shortened to `_KEPT_PAUSE_SECONDS` (besides the padding kept around speech): the model is not
   given long silences, where Whisper tends to invent text.
 - A pause that is not quiet (sound at the level of the speech beside it, which VAD did not
-  take for speech: reverberant speech, music) is read whole, as speech is, and can end a piece.
+  take for speech: reverberant speech, music) is read whole, as speech is, and can end a piece,
+  where VAD gave it a faint chance of being speech, or none but it pauses as speech does.
 
 So a piece reads one or more parts of the original audio, one after another. Each part's
 timestamps map back by adding its offset.
@@ -84,6 +85,16 @@ _CUT_SEARCH = 8 * SAMPLE_RATE
 _SOUNDING_SECONDS = 1.0
 _SOUNDING_IN_A_CUT_SECONDS = 0.5
 _SOUNDING_DB = 12.0
+_ABOVE_FLOOR_DB = 6.0
+# In a pause that would be cut, or after the last stretch, this much sound within `_SOUNDING_DB`
+# of the speakers and `_ABOVE_FLOOR_DB` over the floor around it (so steady noise is not) is
+# read whatever Silero says: over a telephone line it gave 0.00-0.01 to 12 s of a clip at the
+# speakers' level ("and so my fellow Americans, ask not...", the 1961 recording).
+_DEAF_SECONDS = 1.0
+# ...if it falls this far under the speakers' level in this share of it or more, as speech does
+# between words and phrases (that clip: 24%); a chord or a hum does not.
+_BETWEEN_WORDS_DB = 20.0
+_BETWEEN_WORDS_SHARE = 0.1
 _FAINT_PROBABILITY = 0.05
 _FAINT_SHARE = 0.1
 # Without VAD, audio is still read in windows this long so that memory stays bounded.
@@ -448,8 +459,9 @@ def _faint_speech(
     (`_SOUNDING_IN_A_CUT_SECONDS` in a pause that would be cut, and at the end) within
     `_SOUNDING_DB` of the quieter stretch (from the first such 20 ms frame to the last, widened
     by `pad`), of which `detector` gave at least `_FAINT_SHARE` of the windows
-    `_FAINT_PROBABILITY` or more."""
-    from harken.engine.leveling import span_at_level, speech_level_db  # leveling imports this
+    `_FAINT_PROBABILITY` or more; or, in a pause that would be cut, that VAD gave no chance at
+    all, if it is much like speech (`_speech_unheard`)."""
+    from harken.engine.leveling import floor_db, span_at_level, speech_level_db  # imports this
 
     stretches = (before,) if after is None else (before, after)
     level = min(speech_level_db(as_float32(audio[a:b])) for a, b in stretches)
@@ -461,9 +473,25 @@ def _faint_speech(
         return None
     start = max(before[1], before[1] + loud[0] - pad)
     end = min(pause_end, before[1] + loud[1] + pad)
-    if detector.share_above(start, end, _FAINT_PROBABILITY) < _FAINT_SHARE:
-        return None
-    return start, end
+    if detector.share_above(start, end, _FAINT_PROBABILITY) >= _FAINT_SHARE:
+        return start, end
+    around = as_float32(audio[before[0] : (after or (0, pause_end))[1]])
+    sound = as_float32(audio[before[1] + loud[0] : before[1] + loud[1]])
+    if cut and _speech_unheard(sound, level, floor_db(around)):
+        return start, end
+    return None
+
+
+def _speech_unheard(sound: np.ndarray, level: float, floor: float) -> bool:
+    """Whether `sound`, in a pause that would be cut, is read whatever VAD says: at least
+    `_DEAF_SECONDS` of it within `_SOUNDING_DB` of the speakers' `level` and `_ABOVE_FLOOR_DB`
+    over the `floor` around it, and `_BETWEEN_WORDS_SHARE` of it `_BETWEEN_WORDS_DB` under
+    `level` or more (pauses between words)."""
+    from harken.engine.leveling import seconds_at_level, share_under
+
+    loud = seconds_at_level(sound, level, _SOUNDING_DB, floor + _ABOVE_FLOOR_DB)
+    between_words = share_under(sound, level, _BETWEEN_WORDS_DB)
+    return loud >= _DEAF_SECONDS and between_words >= _BETWEEN_WORDS_SHARE
 
 
 def _quietest(audio: np.ndarray, begin: int, end: int, frames: int = 5) -> int:
