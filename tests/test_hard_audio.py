@@ -451,15 +451,23 @@ def test_speech_vad_does_not_hear_is_read(openai_client: Any, speech: dict[str, 
 
 def test_quiet_sound_and_music_in_a_pause_are_left_out(speech: dict[str, Clip]) -> None:
     """What the plan reads of a pause VAD heard no one in: the far speaker of the test above
-    20 dB under the speakers beside it (sound that quiet is the room's), and a chord at their
-    level (VAD gave it no chance of being speech) are cut as any long pause is, to 2 s; the far
-    speaker at their level is read whole."""
+    20 dB under the speakers beside it (sound that quiet is the room's), a chord at their
+    level (VAD gave it no chance of being speech, and it never falls silent as speech does
+    between words) and telephone keys at their level (DTMF digits: they fall silent between
+    digits, but they are tones) are cut as any long pause is, to 2 s; the far speaker at their
+    level is read whole."""
     far = reverberant(decode_audio(speech["jfk_inaugural_1961"].bytes()))
     seconds = np.arange(far.shape[0]) / SAMPLE_RATE
     chord = sum(np.sin(2 * np.pi * 131 * ratio * seconds) for ratio in (1, 1.25, 1.5, 2))
+    keyed = np.isin(np.arange(far.shape[0]) // int(0.04 * SAMPLE_RATE) % 5, (0, 1, 2))
+    pairs = np.random.default_rng(5).choice([697.0, 770.0, 852.0, 941.0], seconds.shape[0] // 3200)
+    low = np.repeat(pairs, 3200)[: seconds.shape[0]]
+    low = np.pad(low, (0, seconds.shape[0] - low.shape[0]), mode="edge")
+    keys = (np.sin(2 * np.pi * low * seconds) + np.sin(2 * np.pi * 1336 * seconds)) * keyed
     pauses = {
         "far speaker 20 dB under": (far * np.float32(0.1), True),
         "chord": (levelled(chord.astype(np.float32), -23.0), True),
+        "telephone keys": (levelled(keys.astype(np.float32), -23.0), True),
         "far speaker": (far, False),
     }
     for name, (middle, cut) in pauses.items():
