@@ -528,13 +528,11 @@ def _speech_unheard(sound: np.ndarray, level: float, floor: float) -> bool:
 
     loud = seconds_at_level(sound, level, _SOUNDING_DB, floor + _ABOVE_FLOOR_DB)
     between_words = share_under(sound, level, _BETWEEN_WORDS_DB)
-    if loud < _DEAF_SECONDS or between_words < _BETWEEN_WORDS_SHARE:
-        return False
-    return _tonality(sound) < _TONE
+    return loud >= _DEAF_SECONDS and between_words >= _BETWEEN_WORDS_SHARE
 
 
 def _tonality(samples: np.ndarray) -> float:
-    """How much of its power sound puts in a few frequencies: over the 32 ms frames of
+    """How much of its power a sound puts in a few frequencies: over the 32 ms frames of
     `samples` within 20 dB of the loudest, the median share of a frame's power in its
     `_TONE_BINS` strongest of 257 frequency bins."""
     count = samples.shape[0] // _WINDOW
