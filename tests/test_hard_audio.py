@@ -511,6 +511,7 @@ def test_faint_speech_in_a_long_pause_and_at_the_end_is_read(openai_client: Any)
 
 _TELEPHONE_DEAF = Path(__file__).resolve().parent / "data/built/telephone_deaf.wav"
 _TELEPHONE_JOIN = Path(__file__).resolve().parent / "data/built/telephone_join.wav"
+_TELEPHONE_HOLD = Path(__file__).resolve().parent / "data/built/telephone_hold_music.wav"
 
 
 def test_speech_vad_gives_no_chance_over_a_telephone_line_is_read(openai_client: Any) -> None:
@@ -553,6 +554,22 @@ def test_speech_in_the_pause_where_a_piece_ends_is_read(server: Any) -> None:
     )
     words = normalize_text(" ".join(s.text for s in result.segments)).split()
     assert "captain" in words[words.index("scenery") - 6 :], words
+
+
+def test_hold_music_is_not_written_as_a_caption(server: Any) -> None:
+    """Over a telephone line, Silero gave hold music between two callers 0.2-0.47, and the
+    plan read it as speech; whisper-base wrote its caption for music, "Music", three times.
+    A segment that is only such a caption, which the model doubted was speech, is dropped;
+    the callers' words on either side stay."""
+    audio = decode_audio(_TELEPHONE_HOLD.read_bytes())
+    transcriber = server.service._models[BASE].transcriber
+    options = TranscriptionOptions(language="en", segmentation=SegmentationOptions())
+    text = normalize_text(
+        " ".join(s.text for s in transcribe_long(transcriber, audio, options).segments)
+    )
+    assert "music" not in text.split(), text
+    assert "he could wait no longer" in text, text
+    assert "getting rid of these cats" in text, text
 
 
 # --- levelling, the loop guard and the re-read rule, on their own

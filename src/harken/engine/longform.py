@@ -180,6 +180,19 @@ _FAILED_COMPRESSION = 2.4
 # said three times in a window, which fails the checks for compressing well, had counted as
 # 3 words in 14 s of speech, and such windows were dropped: 3 sayings of 14 written).
 _SPARSE_WORDS_PER_SECOND = 0.5
+# Whisper writes a caption where it hears music ("[Music]" in the subtitles it learnt from);
+# with the brackets and "♪" among the tokens it may not write (faster-whisper's default), the
+# caption comes out as the word "Music". Over a telephone line (built apart from the tests),
+# hold music between two callers was given 0.2-0.47 by Silero and read as speech, and
+# whisper-base wrote "Music" three times (no-speech probability 0.51-0.62); the raw engine,
+# reading the music with the text before it, wrote nothing there. A segment whose words are
+# only such captions, where the model gave its window this no-speech probability or more, is
+# not speech. On 74 other recordings built apart (music beds, chords and telephone keys among
+# them) no segment was a caption, so nothing else reads differently. The price: someone who
+# answers "Music." on its own, in a window the model doubted (short answers got 0.4-0.9 there,
+# "Five, five." 0.86), is not written.
+_CAPTIONS = frozenset({"music"})
+_CAPTION_NO_SPEECH = 0.4
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
 # ...unless its own audio, read alone, gives at least this share of its words, in order: read
 # again, a sentence said twice comes out a word or two apart from the first reading (Mandarin
@@ -717,6 +730,13 @@ def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...] | None) -> bo
     return speech is not None and not any(a < end and start < b for a, b in speech)
 
 
+def _captioned(segment: Segment) -> bool:
+    """Whether the segment is Whisper's caption of a sound (`_CAPTIONS`), which it doubted
+    was speech, not words said."""
+    words = {word.lower() for word in words_of(segment.text)}
+    return bool(words) and words <= _CAPTIONS and segment.no_speech_prob >= _CAPTION_NO_SPEECH
+
+
 def _heard(
     segments: Iterator[Segment],
     speech: tuple[tuple[int, int], ...] | None,
@@ -752,7 +772,7 @@ def _heard(
         window.clear()
 
     for segment in segments:
-        if _made_up(segment, speech) or not words_of(segment.text):
+        if _made_up(segment, speech) or _captioned(segment) or not words_of(segment.text):
             continue
         if window and segment.seek != window[0].seek:
             yield from judged()
