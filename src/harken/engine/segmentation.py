@@ -57,6 +57,7 @@ _FIRST_BLOCK_WINDOWS = 312
 # keeping 1 s, 22 and 20 keeping 2 s: within a few words either way.
 _MAX_GAP_SECONDS = 3.0
 _KEPT_PAUSE_SECONDS = 2.0
+_KEPT_AT_EACH_END = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE) // 2
 # Whisper's window: no stretch of speech (and so no first piece) is longer.
 WINDOW_SECONDS = 30.0
 # A recording is cut into at least this many pieces where its length allows. Eight (pieces of
@@ -496,27 +497,48 @@ def _faint_speech(
     by `pad`), of which `detector` gave at least `_FAINT_SHARE` of the windows
     `_FAINT_PROBABILITY` or more; or, in a pause that would be cut, that VAD gave no chance at
     all, if it is much like speech (`_speech_unheard`). Tones are not (`_tonality`)."""
-    from harken.engine.leveling import floor_db, span_at_level, speech_level_db  # imports this
+    from harken.engine.leveling import floor_db, speech_level_db  # leveling imports this
 
     stretches = (before,) if after is None else (before, after)
     level = min(speech_level_db(as_float32(audio[a:b])) for a, b in stretches)
     pause_end = audio.shape[0] if after is None else after[0]
     cut = after is None or pause_end - before[1] > _MAX_GAP_SECONDS * SAMPLE_RATE
     at_least = _SOUNDING_IN_A_CUT_SECONDS if cut else _SOUNDING_SECONDS
-    loud = span_at_level(as_float32(audio[before[1] : pause_end]), level, _SOUNDING_DB, at_least)
-    if loud is None:
+    found = _sound_at_level(audio, before[1], pause_end, level, at_least, pad)
+    if found is None:
         return None
-    start = max(before[1], before[1] + loud[0] - pad)
-    end = min(pause_end, before[1] + loud[1] + pad)
-    sound = as_float32(audio[before[1] + loud[0] : before[1] + loud[1]])
-    if _tonality(sound) >= _TONE:
-        return None
+    (start, end), sound = found
     if detector.share_above(start, end, _FAINT_PROBABILITY) >= _FAINT_SHARE:
         return start, end
-    around = as_float32(audio[before[0] : (after or (0, pause_end))[1]])
+    around = as_float32(audio[before[0] : pause_end if after is None else after[1]])
     if cut and _speech_unheard(sound, level, floor_db(around)):
         return start, end
     return None
+
+
+def _sound_at_level(
+    audio: np.ndarray,
+    begin: int,
+    finish: int,
+    level: float,
+    at_least: float,
+    pad: int,
+    floor: float = -np.inf,
+) -> tuple[tuple[int, int], np.ndarray] | None:
+    """Sound in audio[begin:finish] that may be speech, if there are `at_least` seconds of it
+    within `_SOUNDING_DB` of `level` and at `floor` or above and it is not tones (`_tonality`):
+    the span from the first such 20 ms frame to the last, widened by `pad` (within the region),
+    and the sound itself (not widened)."""
+    from harken.engine.leveling import span_at_level  # leveling imports this
+
+    region = as_float32(audio[begin:finish])
+    loud = span_at_level(region, level, _SOUNDING_DB, at_least, floor_db=floor)
+    if loud is None:
+        return None
+    sound = region[loud[0] : loud[1]]
+    if _tonality(sound) >= _TONE:
+        return None
+    return (max(begin, begin + loud[0] - pad), min(finish, begin + loud[1] + pad)), sound
 
 
 def _speech_unheard(sound: np.ndarray, level: float, floor: float) -> bool:
@@ -562,7 +584,7 @@ def _at_a_join(
     such 20 ms frame to the last, widened by `pad`), of which `detector` gave at least
     `_FAINT_SHARE` of the windows `_FAINT_PROBABILITY` or more, and not tones (`_tonality`).
     Each span found comes with whether it is nearer to `before` than to `after`."""
-    from harken.engine.leveling import floor_db, span_at_level, speech_level_db
+    from harken.engine.leveling import floor_db, speech_level_db
 
     pause_start, pause_end = before.read[-1][1], after[0]
     if pause_end - pause_start < _SOUNDING_AT_A_JOIN_SECONDS * SAMPLE_RATE:
@@ -570,27 +592,23 @@ def _at_a_join(
     last = max((*before.speech, *before.sound), key=lambda stretch: stretch[1])
     level = min(speech_level_db(as_float32(audio[a:b])) for a, b in (last, after))
     floor = floor_db(as_float32(audio[last[0] : after[1]])) + _ABOVE_FLOOR_DB
-    keep = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE) // 2
     regions: list[tuple[int, int, bool | None]] = (
         [(pause_start, pause_end, None)]  # read whole inside a piece
         if pause_end - pause_start <= _MAX_GAP_SECONDS * SAMPLE_RATE
-        else [(pause_start, pause_start + keep, True), (pause_end - keep, pause_end, False)]
+        else [
+            (pause_start, pause_start + _KEPT_AT_EACH_END, True),
+            (pause_end - _KEPT_AT_EACH_END, pause_end, False),
+        ]
     )
     found = []
     for begin, finish, with_before in regions:
-        loud = span_at_level(
-            as_float32(audio[begin:finish]),
-            level,
-            _SOUNDING_DB,
-            _SOUNDING_AT_A_JOIN_SECONDS,
-            floor_db=floor,
+        sound = _sound_at_level(
+            audio, begin, finish, level, _SOUNDING_AT_A_JOIN_SECONDS, pad, floor
         )
-        if loud is None:
+        if sound is None:
             continue
-        start, end = max(begin, begin + loud[0] - pad), min(finish, begin + loud[1] + pad)
+        (start, end), _ = sound
         if detector.share_above(start, end, _FAINT_PROBABILITY) < _FAINT_SHARE:
-            continue
-        if _tonality(as_float32(audio[begin + loud[0] : begin + loud[1]])) >= _TONE:
             continue
         if with_before is None:
             with_before = start - pause_start < pause_end - end
@@ -618,8 +636,7 @@ def _with_pause(
     (last_start, last_end), before = parts[-1], parts[:-1]
     if start - last_end <= _MAX_GAP_SECONDS * SAMPLE_RATE:
         return (*before, (last_start, end))
-    keep = int(_KEPT_PAUSE_SECONDS * SAMPLE_RATE) // 2
-    return (*before, (last_start, last_end + keep), (start - keep, end))
+    return (*before, (last_start, last_end + _KEPT_AT_EACH_END), (start - _KEPT_AT_EACH_END, end))
 
 
 def _fixed_pieces(audio: np.ndarray, window_seconds: float) -> Iterator[Piece]:
