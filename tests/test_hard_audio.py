@@ -753,6 +753,14 @@ def test_text_the_model_made_up_is_dropped() -> None:
     assert not _made_up(segment(4.6, 4.98, repeated, no_speech_prob=0.1), speech)
     # A word or two said quickly is not a passage.
     assert not _made_up(segment(4.6, 4.72, " Five.", no_speech_prob=0.9), speech)
+    # Words of the window's text written over and over in its last 0.4 s, where the model did
+    # not doubt it heard speech (speakers talking over each other, built apart from the
+    # tests): a loop, whatever the doubt. At a speaking pace, or said once quickly, kept.
+    loop = " He's in charge. He's in charge. He's in charge. He's in charge."
+    assert _made_up(segment(4.6, 5.0, loop, no_speech_prob=0.38), speech)
+    assert not _made_up(segment(1.0, 5.0, loop, no_speech_prob=0.38), speech)
+    once = " He could wait no longer."
+    assert not _made_up(segment(1.2, 1.28, once, no_speech_prob=0.41), speech)
 
 
 def spoken(start: float, end: float, text: str, **extra: Any) -> Segment:

@@ -32,7 +32,9 @@ What reading a piece involves, and why:
   words come faster than anyone speaks. The second is Whisper repeating its prompt over the
   last fraction of a second of a piece (a recording built apart from the tests: two lines of a
   sonnet read a minute earlier, 14 words in 0.38 s; the fastest real segments of seven
-  recordings came to 5.6 words a second). So is a segment that only repeats one just before
+  recordings came to 5.6 words a second). Words written over and over that fast are dropped
+  whatever the model's doubt ("He's in charge." four times in the last 0.4 s of a piece, after
+  a window that held "he's in charge here"). So is a segment that only repeats one just before
   it in the same stretch of audio (a decoding loop), and the text of a window that failed
   Whisper's checks at every temperature with far fewer words than its speech would hold: music
   VAD took for speech, around a speaker's first words; that window is not read again either.
@@ -100,6 +102,7 @@ from harken.engine.script import (
     convert_segment,
     convert_text,
     converts,
+    repeated_in_a_row,
     words_of,
 )
 from harken.engine.segmentation import (
@@ -717,14 +720,18 @@ def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[fl
 
 
 def _made_up(segment: Segment, speech: tuple[tuple[int, int], ...] | None) -> bool:
-    """Whether Whisper wrote the segment without hearing it: the model itself doubted the
-    window held speech, and the segment lies over no speech VAD found (None: VAD was not
-    asked), or it has several words said faster than anyone speaks."""
+    """Whether Whisper wrote the segment without hearing it: it writes words over and over
+    faster than anyone speaks (`_LOOP_WORDS` or more in a row, twice), or the model itself
+    doubted the window held speech, and the segment lies over no speech VAD found (None: VAD
+    was not asked), or it has several words said faster than anyone speaks."""
+    words = words_of(segment.text.lower())
+    seconds = segment.end - segment.start
+    fast = len(words) >= _LOOP_WORDS and len(words) > FASTEST_WORDS_PER_SECOND * seconds
+    if fast and repeated_in_a_row(words, _LOOP_WORDS):
+        return True
     if segment.no_speech_prob < _NO_SPEECH:
         return False
-    words = len(words_of(segment.text))
-    seconds = segment.end - segment.start
-    if words >= _LOOP_WORDS and words > FASTEST_WORDS_PER_SECOND * seconds:
+    if fast:
         return True
     start, end = segment.start * SAMPLE_RATE, segment.end * SAMPLE_RATE
     return speech is not None and not any(a < end and start < b for a, b in speech)

@@ -34,6 +34,15 @@ def words_of(text: str) -> list[str]:
     return _WORDS.findall(text)
 
 
+def repeated_in_a_row(words: list[str], shortest: int) -> bool:
+    """Whether a run of `shortest` words or more stands twice in a row in `words`."""
+    for length in range(shortest, len(words) // 2 + 1):
+        for at in range(len(words) - 2 * length + 1):
+            if words[at : at + length] == words[at + length : at + 2 * length]:
+                return True
+    return False
+
+
 @functools.cache
 def _converter(config: str):  # type: ignore[no-untyped-def]
     import opencc

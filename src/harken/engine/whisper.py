@@ -18,7 +18,7 @@ import numpy as np
 from harken.engine.batching import BatchingWhisper
 from harken.engine.batching import install as install_batching
 from harken.engine.runtime import prepare_ctranslate2
-from harken.engine.script import FASTEST_WORDS_PER_SECOND, words_of
+from harken.engine.script import FASTEST_WORDS_PER_SECOND, repeated_in_a_row, words_of
 from harken.engine.segmentation import as_float32
 from harken.engine.types import (
     Segment,
@@ -554,13 +554,7 @@ def _loops(decoded: tuple[Any, float, float, float], tokenizer: Any) -> bool:
     segments = _timed_segments(decoded[0].sequences_ids[0], tokenizer)
     if segments is None:
         segments = [(0, None, _text(decoded, tokenizer))]
-    for _, _, text in segments:
-        words = words_of(text.lower())
-        for length in range(_REPEAT_WORDS, len(words) // 2 + 1):
-            for at in range(len(words) - 2 * length + 1):
-                if words[at : at + length] == words[at + length : at + 2 * length]:
-                    return True
-    return False
+    return any(repeated_in_a_row(words_of(text.lower()), _REPEAT_WORDS) for _, _, text in segments)
 
 
 def _text(decoded: tuple[Any, float, float, float], tokenizer: Any) -> str:
