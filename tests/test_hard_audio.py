@@ -264,6 +264,41 @@ def test_a_quiet_speaker_beside_a_loud_one_is_heard(
     assert lost(levels.clips, text) == []
 
 
+# --- speakers talking over each other
+def talking_over(path: Path, clips: list[Clip], seed: int) -> Built:
+    """Each clip begun 0.2-0.8 s before the one before it ends, at -28 to -18 dB, over hiss at
+    -70 dB, as Opus: people talking over each other at their turns leave VAD no pause."""
+    rng = np.random.default_rng(seed)
+    kept = [levelled(decode_audio(c.bytes()), rng.uniform(-28.0, -18.0)) for c in clips]
+    starts, at = [], SAMPLE_RATE // 2
+    for samples in kept:
+        starts.append(at)
+        at += samples.shape[0] - int(rng.uniform(0.2, 0.8) * SAMPLE_RATE)
+    mixed = hiss(max(s + k.shape[0] for s, k in zip(starts, kept, strict=True)), -70.0, rng)
+    for start, samples in zip(starts, kept, strict=True):
+        mixed[start : start + samples.shape[0]] += samples
+    encode(mixed, path)
+    return Built(path, tuple(clips), tuple(kept), tuple(starts))
+
+
+@pytest.fixture(scope="module")
+def overlapping(tmp_path_factory: pytest.TempPathFactory, english: list[Clip]) -> Built:
+    """Every English clip in a shuffled order, talked over at each turn (about 2.5 minutes)."""
+    order = [english[i] for i in np.random.default_rng(5).permutation(len(english))]
+    return talking_over(tmp_path_factory.mktemp("overlap") / "overlap.ogg", order, 5)
+
+
+def test_speakers_talking_over_each_other_keep_their_words(
+    openai_client: Any, server: Any, overlapping: Built
+) -> None:
+    """Where speakers talk over each other, VAD hears no pause and the pieces follow on, as
+    over voices in the background; but nothing fills the pauses within each voice, and the
+    quieter speaker's words are not turned down as background (they were, and went unread)."""
+    text, long_wer, alone_wer = read_through_server(openai_client, server, overlapping, BASE)
+    assert long_wer <= alone_wer + 0.02, (long_wer, alone_wer)
+    assert lost(overlapping.clips, text) == []
+
+
 # --- talk in the background
 def under_background_talk(
     speech: dict[str, Clip],
