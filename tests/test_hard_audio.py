@@ -974,6 +974,32 @@ def test_only_speech_at_the_level_around_it_and_above_the_noise_is_read_again() 
     assert len(read(turns + sound(6.0, -25)).heard) == 2
 
 
+def test_a_crowd_in_the_pauses_is_not_read_again(speech: dict[str, Clip]) -> None:
+    """Three voices at once 9 dB under the speaker (a crowd, which VAD hears as speech and whose
+    piece is turned down) rise within 12 dB of the speaker in a 3 s pause: read again alone,
+    such pauses gave the crowd's words, or failed at every temperature, at up to 25 s a piece.
+    Over a crowd, left-out speech is read again only where it comes within 6 dB of the
+    speaker; the same pause in a piece without voices behind throughout is read again, and
+    so is a turn at the speaker's level after the pause over the crowd."""
+    front = ("ls_1272-141231-0002",)
+    voices, bed, clips, _ = under_background_talk(speech, [3.0], front, crowd=True)
+    crowd = bed * np.float32(10 ** (5 / 20))  # 14 dB under the speaker as built: 9 dB
+    said = [spoken(0.0, clips[0].duration, " " + clips[0].text.lower())]
+
+    def readings(audio: np.ndarray, follows_on: bool) -> int:
+        model = Scripted(said, [])
+        piece = Piece(0, audio.shape[0], ((0, audio.shape[0]),))  # VAD: speech throughout
+        reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+        list(reader.read(piece, follows_on))
+        return len(model.heard)
+
+    assert readings(voices + crowd, follows_on=True) == 1
+    assert readings(voices + crowd, follows_on=False) == 2
+    turn = levelled(decode_audio(speech["ls_1995-1837-0001"].bytes()), -23.0)[: 3 * SAMPLE_RATE]
+    with_turn = np.concatenate([voices, turn])
+    assert readings(with_turn + np.tile(crowd, 2)[: with_turn.shape[0]], follows_on=True) == 2
+
+
 def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
     """A window whose reading failed Whisper's checks at every temperature and gave far fewer
     words than its speech would hold is dropped, and not read again; a failed reading with the
