@@ -899,6 +899,46 @@ def test_a_segment_that_hid_a_turn_is_read_again_with_it() -> None:
     assert model.heard[1].shape[0] == int(16.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
 
 
+class ByTemperature(Scripted):
+    """A scripted model whose reading again depends on the temperature asked for: `again` at
+    temperature 0, `sampled` on the engine's schedule (None), which samples where 0 fails."""
+
+    def __init__(self, first: list[Segment], again: list[Segment], sampled: list[Segment]) -> None:
+        super().__init__(first, again)
+        self.sampled = sampled
+        self.asked: list[float | None] = []
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        self.asked.append(options.temperature)
+        if self.heard and options.temperature is None:
+            self.heard.append(samples)
+            return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(self.sampled))
+        return super().transcribe(samples, options)
+
+
+def test_segments_that_fail_when_read_again_with_a_turn_stay() -> None:
+    """A segment read again with the turn it hid is read so at temperature 0 only. Where that
+    reading fails Whisper's checks, the segment stays as it was read in its window (where it
+    passed them), and the turn is read alone: sampled at higher temperatures, 21 s read with
+    a segment over talk 10 dB under a speaker looped at 0-0.6, 224 tokens and 6-9 s a
+    reading, before one at 0.8 passed."""
+    words = (Word(0.4, 1.0, " It", 0.9), Word(1.0, 1.5, " was", 0.9),
+             Word(1.5, 12.5, " not", 0.9), Word(12.5, 14.4, " so.", 0.9))  # fmt: skip
+    first = [segment(0.4, 14.5, " It was not so.", words=words)]
+    looped = [spoken(0.5, 14.3, " It was not so." * 8, compression_ratio=6.3)]
+    turn = [spoken(0.2, 10.2, " A turn it skipped.", temperature=0.2)]
+    model = ByTemperature(first, looped, turn)
+    assert read_scripted(model, 15) == [" It was not so.", " A turn it skipped."]
+    assert model.asked == [None, 0.0, None]
+    # The turn alone: what the stretched word covers, less its ends, and the padding.
+    assert model.heard[2].shape[0] == int(12.2 * SAMPLE_RATE) - int(1.8 * SAMPLE_RATE)
+    # A reading at temperature 0 that passes takes the segment's place, in the order said.
+    passed = [spoken(0.5, 11.0, " A turn it skipped."), spoken(11.5, 14.3, " It was not so.")]
+    model = ByTemperature(first, passed, [])
+    assert read_scripted(model, 15) == [" A turn it skipped.", " It was not so."]
+    assert model.asked == [None, 0.0]
+
+
 def test_a_segment_whose_words_jump_over_a_turn_is_read_again_with_it() -> None:
     """One turn beginning before the other's end (turns overlapping, built apart from the
     tests): Whisper's text went on from the middle of the first turn to the second, its first

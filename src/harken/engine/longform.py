@@ -573,10 +573,20 @@ class _PieceReader:
         in `sound` are not speech to `_made_up`: what the model wrote over them while doubting
         there was speech is dropped, as over any pause. `after`: the segment that went past the
         stretches, not yet held; what is read again does not write its first words again
-        (`_without_words_around`)."""
+        (`_without_words_around`).
+
+        Segments read again with the speech they left out are read so at temperature 0 only.
+        Where that reading fails Whisper's checks, they stay as they were read in their window
+        (where they passed them), and the speech they left out is read alone, as any. Sampled
+        at higher temperatures, such readings looped on whole windows: over talk 10 dB under a
+        speaker (`benchmarks/long_audio.py --background 10`), 21 s read with a segment looped
+        at temperatures 0-0.6 (224 tokens, 6-9 s a reading) before one at 0.8 passed. That
+        recording: 36.2-36.8 s against 46.0-47.5 s (the raw engine 26.9 s), 109 word errors
+        against 101-108 (the raw engine 113), the sample's words for the turn a lottery."""
         speech = tuple(stretch for stretch in stretches if stretch not in sound)
         short = dataclasses.replace(options, short_window=True)  # a stretch or two
         read_until = 0.0
+        stayed: list[Segment] = []  # held segments that failed when read again with speech
         for start, end in _unheard(tuple(stretches), heard, length, unreadable):
             if end <= read_until:
                 continue  # read with a segment it hid
@@ -587,24 +597,56 @@ class _PieceReader:
                 log.info("left %.1f-%.1f s of a piece unread: background or noise (%.1f s of "
                          "it at the level of the speech around it)", start, end, loud)  # fmt: skip
                 continue
-            hiding = [s for s in held if _hides(s, (start, end))]
+            hiding = [s for s in held if _hides(s, (start, end)) and s not in stayed]
             for segment in hiding:
                 held.remove(segment)
-            start = min([max(start, read_until), *(s.start for s in hiding)])
-            end = max([end, *(s.end for s in hiding)])
-            read_until = end
-            begin = max(0, int((start - _REREAD_PAD) * SAMPLE_RATE))
-            stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
-            log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
-                     "(%d segments with it)", start, end, len(hiding))  # fmt: skip
-            again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
-            result = self.transcriber.transcribe(again, short)
-            moved = (_moved(segment, begin / SAMPLE_RATE) for segment in result.segments)
+            if hiding:
+                start_with = min([max(start, read_until), *(s.start for s in hiding)])
+                end_with = max([end, *(s.end for s in hiding)])
+                log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
+                         "(%d segments with it)", start_with, end_with, len(hiding))  # fmt: skip
+                # At temperature 0 only, unless the caller chose one: where it fails, they stay.
+                once = dataclasses.replace(short, temperature=0.0) if self.falls_back else short
+                got, until = self._read_span(samples, start_with, end_with, level, once)
+                if self.falls_back and any(_failed(segment) for segment in got):
+                    log.info("kept %d segments over %.1f-%.1f s: read again with the speech "
+                             "they left out, they failed; that speech is read alone",
+                             len(hiding), start_with, end_with)  # fmt: skip
+                    for segment in hiding:
+                        bisect.insort(held, segment, key=_start)
+                    stayed.extend(hiding)
+                    hiding = []
+                else:
+                    read_until = end_with
+            if not hiding:
+                start = max(start, read_until)
+                read_until = end
+                log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
+                         "(0 segments with it)", start, end)  # fmt: skip
+                got, until = self._read_span(samples, start, end, level, short)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
-            read = list(_heard(moved, speech, stop / SAMPLE_RATE, unread))
+            read = list(_heard(iter(got), speech, until, unread))
             around = [s for s in (*heard, *held, *((after,) if after else ())) if s not in hiding]
             for segment in _without_words_around(read, around, self.transcriber.count_tokens):
                 bisect.insort(held, segment, key=_start)
+
+    def _read_span(
+        self,
+        samples: np.ndarray,
+        start: float,
+        end: float,
+        level: float,
+        options: TranscriptionOptions,
+    ) -> tuple[list[Segment], float]:
+        """The segments of `samples` from `start` to `end` (seconds, and `_REREAD_PAD` either
+        side) read alone, with what is more than `_BACKGROUND_DB` under `level` turned down,
+        in the piece's time; and where the audio read ends."""
+        begin = max(0, int((start - _REREAD_PAD) * SAMPLE_RATE))
+        stop = min(samples.shape[0], int((end + _REREAD_PAD) * SAMPLE_RATE))
+        again = turn_down_below(samples[begin:stop], level, _BACKGROUND_DB, _TURNED_DOWN_DB)
+        result = self.transcriber.transcribe(again, options)
+        segments = [_moved(segment, begin / SAMPLE_RATE) for segment in result.segments]
+        return segments, stop / SAMPLE_RATE
 
 
 def _without_words_around(
@@ -831,15 +873,19 @@ def _heard(
             continue
         if window and segment.seek != window[0].seek:
             yield from judged()
-        failed = (
-            segment.avg_logprob < _FAILED_LOGPROB and segment.no_speech_prob <= _NO_SPEECH
-        ) or segment.compression_ratio > _FAILED_COMPRESSION
-        if failed and unreadable is not None:
+        if _failed(segment) and unreadable is not None:
             window.append(segment)
         else:
             yield segment
     if window:
         yield from judged()
+
+
+def _failed(segment: Segment) -> bool:
+    """Whether the reading of the segment's window failed Whisper's checks (at the temperature
+    it was read at): too improbable for speech, or compressing too well."""
+    improbable = segment.avg_logprob < _FAILED_LOGPROB and segment.no_speech_prob <= _NO_SPEECH
+    return improbable or segment.compression_ratio > _FAILED_COMPRESSION
 
 
 def _seconds_of(speech: tuple[tuple[int, int], ...], start: float, end: float) -> float:
