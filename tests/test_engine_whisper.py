@@ -452,8 +452,9 @@ def test_a_short_window_is_read_cut_and_read_whole_where_it_fails(
             first = int(20 * (audio.shape[0] / 16_000 + 1))  # 20 tokens a second, and 20
             if audio is jfk:
                 assert (frames, bounds) == ([cut], [first])
-            else:  # "5 5 5 5 ...": read whole after failing, as without the option
-                assert (frames, bounds) == ([cut, 3000], [first, None])
+            else:  # "5 5 5 5 ...": read whole after failing, as without the option, and
+                # bounded as the short reading was: that audio holds no more words whole.
+                assert (frames, bounds) == ([cut, 3000], [first, first])
         frames.clear()
         detected = unbatched.transcribe(jfk, dataclasses.replace(quick, language=None))
         assert detected.info.language == "en"
@@ -650,6 +651,77 @@ def test_a_sampled_reading_that_loops_is_not_kept(unbatched: FasterWhisperTransc
     # A sample that passes and does not loop is taken, as Whisper takes it.
     passing = reading(" Stuff it into you.", 0.0, -0.4, 0.4)
     assert read(passing) == (passing, [0.0, 0.2, 0.4])
+
+
+def test_a_short_window_read_whole_stops_its_loops_at_the_short_ones_bound(
+    unbatched: FasterWhisperTranscriber,
+) -> None:
+    # Speech read again alone (a few seconds, `short_window`) whose short reading failed is
+    # read on the whole window, where Whisper looped on it at every temperature, up to 224
+    # tokens (5-7 s) a reading: "5, 5, 4, 3, 4, 3, ..." over 1.7 s of talk 10 dB under a
+    # speaker, whisper-base. There each reading stops at the short reading's bound. One that
+    # runs to it is a loop, and so is one cut short to a loop that ended (with the bound, the
+    # beam search ended on "5, 5, 4, 3, 4, 3, 4, 3, ...", 32 tokens, compression 2.3, which
+    # passes Whisper's checks): neither is kept while a reading that does not loop is at hand.
+    # Samples are random, so these readings are scripted: the ones the model gave.
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_compression_ratio
+
+    tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
+
+    @dataclasses.dataclass
+    class Options:  # what the rules read of faster-whisper's options, its defaults
+        temperatures: list[float]
+        compression_ratio_threshold: float = 2.4
+        log_prob_threshold: float = -1.0
+        no_speech_threshold: float = 0.6
+        initial_prompt: str | None = None
+        hotwords: str | None = None
+
+    options = Options(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+    def reading(text: str, logprob: float, temperature: float, ended: bool = True) -> Any:
+        tokens = [tokenizer.timestamp_begin, *tokenizer.encode(text)]
+        tokens += [tokenizer.timestamp_begin + 85] if ended else []
+        window = types.SimpleNamespace(sequences_ids=[tokens], no_speech_prob=0.41)
+        return window, logprob, temperature, get_compression_ratio(text.strip())
+
+    ran_on = reading(
+        " Flower packet ways, and we cannot let the love go flat. Ten of clubs, go forward ten"
+        " meters, and so my fellow Americans ask not what your country can do for you.",
+        -0.3,
+        0.2,
+        ended=False,
+    )
+    cap = len(ran_on[0].sequences_ids[0])
+    ended_in_a_loop = reading(" 5, 5," + " 4, 3," * 6, -0.55, 0.0)
+    assert len(ended_in_a_loop[0].sequences_ids[0]) < cap and ended_in_a_loop[3] <= 2.4
+    passing = reading(" 5, 5, 1", -0.9, 0.4)
+    decode = unbatched._decode_window
+
+    def read(readings: dict[float, Any], bound: int | None) -> tuple[Any, list[float]]:
+        asked: list[float] = []
+
+        def decoding(encoder_output: Any, prompt: Any, tokenizer: Any, options: Any) -> Any:
+            (temperature,) = options.temperatures
+            asked.append(temperature)
+            return readings.get(temperature, reading(" 5, 5, 5", -1.3, temperature))
+
+        unbatched._decode_window = decoding  # type: ignore[method-assign]
+        try:
+            kept = unbatched._decode_window_or_repeats(None, [], tokenizer, options, bound)
+            return kept, asked
+        finally:
+            unbatched._decode_window = decode  # type: ignore[method-assign]
+
+    bounded = {0.0: ended_in_a_loop, 0.2: ran_on, 0.4: passing}
+    assert read(bounded, cap) == (passing, [0.0, 0.2, 0.4])
+    # Unbounded (a whole window of audio), the first reading passes, as Whisper takes it.
+    assert read(bounded, None) == (ended_in_a_loop, [0.0])
+    # Where every reading fails, one that did not loop is kept (the most probable of them).
+    kept, asked = read({0.0: ended_in_a_loop, 0.2: ran_on}, cap)
+    assert asked == options.temperatures
+    assert kept[0].sequences_ids[0][1:-1] == tokenizer.encode(" 5, 5, 5")
 
 
 # A piece of a recording built apart from the tests (tests/data/README.md): seven clips over

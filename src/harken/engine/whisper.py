@@ -43,7 +43,8 @@ _DRAFT_PADDING_SECONDS = 8.0
 # 0.6 s of a word can loop ("I'm sorry" fifty times, 200 tokens at 19 ms each).
 _DRAFT_TOKENS_PER_SECOND = 10
 # A short window's first reading (`TranscriptionOptions.short_window`) that runs to this many
-# tokens a second of its audio (plus as many) is a loop, and is read again on the whole window.
+# tokens a second of its audio (plus as many) is a loop, and is read again on the whole window,
+# where each reading stops there too (`_decode_window_or_repeats`).
 # The clips of ../shared (English, Chinese, Japanese, ...) came to at most 5 (timestamps aside).
 _SHORT_TOKENS_PER_SECOND = 20
 # A last window shorter than this is read once, without fallbacks (`_decode_tail`).
@@ -320,10 +321,24 @@ class FasterWhisperTranscriber:
                 return decoded
             log.debug("a short window's reading failed: read on the whole window")
             # Word timestamps are still aligned on the short encoding: it holds all the audio.
+            # The whole window holds no more of it: a reading past the short one's bound loops,
+            # and fails where there are other temperatures to read at.
             encoder_output = self._encodings.whole()
+            if _falls_back(options):
+                cap = self._loop_tokens(prompt)
+                options = dataclasses.replace(options, max_new_tokens=cap)
+                return self._decode_window_or_repeats(
+                    encoder_output, prompt, tokenizer, options, cap
+                )
         if self._encodings.is_tail():
             return self._decode_tail(encoder_output, prompt, tokenizer, options)
         return self._decode_window_or_repeats(encoder_output, prompt, tokenizer, options)
+
+    def _loop_tokens(self, prompt: list[int]) -> int:
+        """The most tokens a reading of a window cut short may take: more is a loop
+        (`_SHORT_TOKENS_PER_SECOND`)."""
+        tokens = int(_SHORT_TOKENS_PER_SECOND * (self._encodings.seconds() + 1))
+        return min(tokens, self._model.max_length - len(prompt))
 
     def _decode_short_window(
         self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
@@ -335,8 +350,7 @@ class FasterWhisperTranscriber:
         loop is cut short (`_SHORT_TOKENS_PER_SECOND`): it fails all the same. Where it
         fails after the window's previous text, it is read once more without it first, as a
         whole window is (`_decode_window_or_repeats`): read whole, the loop ran to its end."""
-        tokens = int(_SHORT_TOKENS_PER_SECOND * (self._encodings.seconds() + 1))
-        tokens = min(tokens, self._model.max_length - len(prompt))
+        tokens = self._loop_tokens(prompt)
         once = dataclasses.replace(
             options, temperatures=list(options.temperatures)[:1], max_new_tokens=tokens
         )
@@ -378,7 +392,12 @@ class FasterWhisperTranscriber:
         return result, logprob, temperature, ratio
 
     def _decode_window_or_repeats(
-        self, encoder_output: Any, prompt: list[int], tokenizer: Any, options: Any
+        self,
+        encoder_output: Any,
+        prompt: list[int],
+        tokenizer: Any,
+        options: Any,
+        cap: int | None = None,
     ) -> Any:
         """faster-whisper's decoding of one window, but where its first reading fails only
         for compressing too well and does so for sentences said again (`_said_again`), or
@@ -409,33 +428,50 @@ class FasterWhisperTranscriber:
         however little its whole text compresses: at a higher temperature the model guesses,
         and over music such a guess can pass the checks.
 
+        Where a window cut short failed and its few seconds are read on the whole window
+        (`_decode_short_window`), each reading stops at the short one's bound, `cap`. Whisper
+        looped there at every temperature, up to 224 tokens (5-7 s) a reading, on speech read
+        again over talk 10 dB under a speaker. A reading that runs to the bound is a loop, and
+        so is one that writes words twice in a row (so bounded, the beam search can end on a
+        shorter loop, one that passes the checks): it fails, and is not kept while a reading
+        that is neither is at hand.
+
         Otherwise the result is faster-whisper's: every temperature after the first is tried
         in turn, and where all fail, the best one kept."""
+
+        def ran_out(decoded: tuple[Any, float, float, float]) -> bool:
+            # Cut short, a beam search can end on a shorter loop that passes the checks.
+            if cap is None:
+                return False
+            return len(decoded[0].sequences_ids[0]) >= cap or _loops(decoded, tokenizer)
+
         temperatures = list(options.temperatures)
         if not _falls_back(options):  # the caller's choice
             return self._decode_window(encoder_output, prompt, tokenizer, options)
         first = self._decode_window(
             encoder_output, prompt, tokenizer, dataclasses.replace(options, temperatures=[0.0])
         )
-        if _passes(first, options) or _said_again(first, tokenizer, options):
+        if not ran_out(first) and (
+            _passes(first, options) or _said_again(first, tokenizer, options)
+        ):
             return first
         alone = _without_previous_text(prompt, tokenizer, options)
         if alone is not None:
             again = self._decode_window(
                 encoder_output, alone, tokenizer, dataclasses.replace(options, temperatures=[0.0])
             )
-            if _passes(again, options):
+            if not ran_out(again) and _passes(again, options):
                 log.debug("a window that failed after its previous text read without it")
                 return again
         readings = [first]
-        unlooped = [first]  # the readings that may be kept for compressing little enough
+        unlooped = [] if ran_out(first) else [first]  # may be kept for compressing little
         for temperature in temperatures[1:]:
             sample = self._decode_window(
                 encoder_output, prompt, tokenizer,
                 dataclasses.replace(options, temperatures=[temperature]),
             )  # fmt: skip
             readings.append(sample)
-            if _loops(sample, tokenizer):
+            if ran_out(sample) or _loops(sample, tokenizer):
                 log.debug("a sampled reading loops: %r", _text(sample, tokenizer))
                 continue
             if _passes(sample, options):
@@ -446,7 +482,8 @@ class FasterWhisperTranscriber:
         # that loops compresses too well for this, however its whole text compresses.
         threshold = options.compression_ratio_threshold
         below = [r for r in unlooped if threshold is not None and r[3] <= threshold]
-        kept = max(below or readings, key=lambda r: r[1])
+        bounded = [r for r in readings if not ran_out(r)]
+        kept = max(below or bounded or readings, key=lambda r: r[1])
         return kept[0], kept[1], temperatures[-1], kept[3]
 
     def detect_language(self, audio: np.ndarray) -> tuple[str, float]:
