@@ -593,6 +593,20 @@ def test_a_loop_is_not_taken_for_a_sentence_said_again(unbatched: FasterWhisperT
     assert not _said_again(reading([loop] * 10, 2.0), tokenizer, checks)
 
 
+@dataclasses.dataclass
+class _FallbackOptions:
+    """What the fallback rules read of faster-whisper's options, at its defaults."""
+
+    temperatures: list[float] = dataclasses.field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    )
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+    initial_prompt: str | None = None
+    hotwords: str | None = None
+
+
 def test_a_sampled_reading_that_loops_is_not_kept(unbatched: FasterWhisperTranscriber) -> None:
     # 25 s of a chord that VAD took for speech, then a speaker's first words: whisper-base's
     # reading at temperature 0 fails ("And so am I.", improbable), and most samples at higher
@@ -605,16 +619,7 @@ def test_a_sampled_reading_that_loops_is_not_kept(unbatched: FasterWhisperTransc
     tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
     loop = " I don't know what you're talking about," * 3
 
-    @dataclasses.dataclass
-    class Options:  # what the rule reads of faster-whisper's options, its defaults
-        temperatures: list[float]
-        compression_ratio_threshold: float = 2.4
-        log_prob_threshold: float = -1.0
-        no_speech_threshold: float = 0.6
-        initial_prompt: str | None = None
-        hotwords: str | None = None
-
-    options = Options(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    options = _FallbackOptions()
 
     def reading(text: str, at: float, logprob: float, temperature: float) -> Any:
         start = tokenizer.timestamp_begin + round(at / 0.02)
@@ -669,16 +674,7 @@ def test_a_short_window_read_whole_stops_its_loops_at_the_short_ones_bound(
 
     tokenizer = Tokenizer(unbatched._model.hf_tokenizer, True, "transcribe", "en")
 
-    @dataclasses.dataclass
-    class Options:  # what the rules read of faster-whisper's options, its defaults
-        temperatures: list[float]
-        compression_ratio_threshold: float = 2.4
-        log_prob_threshold: float = -1.0
-        no_speech_threshold: float = 0.6
-        initial_prompt: str | None = None
-        hotwords: str | None = None
-
-    options = Options(temperatures=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    options = _FallbackOptions()
 
     def reading(text: str, logprob: float, temperature: float, ended: bool = True) -> Any:
         tokens = [tokenizer.timestamp_begin, *tokenizer.encode(text)]
