@@ -1328,6 +1328,45 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     assert level(model.heard[37], 6) == pytest.approx(level(audio, 50), abs=0.01)
 
 
+class LoopingLeadIn(Prompted):
+    """`Prompted`, but its reading of 10 s (a lead-in) loops, as whisper-base's did on a card
+    clip over talk 13 dB under (`benchmarks/long_audio.py --background 13 --orders 3`)."""
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        read = super().transcribe(samples, options)
+        if round(samples.shape[0] / SAMPLE_RATE) != 10:
+            return read
+        loop = " 8 of hearts," * 40
+        said = [dataclasses.replace(spoken(0.0, 10.0, loop), compression_ratio=12.1)]
+        return Transcription(read.info, iter(said))
+
+
+def test_a_lead_in_that_loops_is_no_prompt() -> None:
+    """A lead-in whose reading compresses more than Whisper allows is a loop: given to the
+    piece after it as the words before, it started the same loop there ("8 of hearts, 8 of
+    hearts, ...", 224 tokens at every temperature, 25-60 s of a 3.6-minute recording). The
+    piece is read without it; a lead-in that reads cleanly is given as before."""
+    audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
+
+    def piece(*stretches: tuple[int, int]) -> Piece:
+        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
+        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
+
+    first, follows, follows_too = piece((2, 6)), piece((6, 42)), piece((42, 60))
+    model = LoopingLeadIn()
+    options = TranscriptionOptions(language="en", prompt="Harken.")
+    reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
+    _, segments = reader.start(first)
+    rest = iter([follows, follows_too])
+    texts = [s.text for s in _in_order(reader, first, segments, rest, lambda: False, 3)]
+    calls = model.calls
+    assert texts == [f" Call {calls[seconds]} {half}." for seconds in (4, 36, 18)
+                     for half in ("begins", "ends")]  # fmt: skip
+    # The 6 s before the 36 s piece read cleanly; the 10 s before the 18 s piece looped.
+    assert model.prompts[36] == f"Harken. Call {calls[6]} begins. Call {calls[6]} ends."
+    assert model.prompts[10] is None and model.prompts[18] == "Harken."
+
+
 def test_where_voices_behind_are_heard_every_piece_is_read_with_its_lead_in() -> None:
     """Once a piece of the plan follows on from the one before it (voices behind the speaker),
     every piece read from then on is prompted with the text of its lead-in, also a piece cut

@@ -431,14 +431,27 @@ class _PieceReader:
 
     def _lead_in(self, piece: Piece) -> str | None:
         """The text of the `_LEAD_IN_SECONDS` of audio before the piece, read alone at
-        temperature 0 in a short window; None where there is next to none."""
+        temperature 0 in a short window; None where there is next to none, or where that
+        reading loops (compresses more than Whisper allows): given to the piece as the words
+        before it, a loop started one there. Over talk 13 dB under a speaker
+        (`benchmarks/long_audio.py --background 13 --orders 3`, the third build), a card clip's
+        lead-in read "7 of 8 of spades, 4 of close, ..." twice over, and the piece's first
+        window then wrote "8 of hearts, 8 of hearts, ..." to 224 tokens at every temperature
+        but the last: 58.9 s against the raw engine's 23.3 s. Without it, that window read
+        right, and the recording took 26.7-36.1 s, 48 -> 43 word errors (the raw engine 57);
+        eleven other recordings with voices behind had no lead-in that looped."""
         start = max(0, piece.start - _LEAD_IN_SAMPLES)
         if piece.start - start < _SHORTEST_LEAD_IN:
             return None
         alone = dataclasses.replace(self.options, prompt=None, temperature=0.0,
                                     word_timestamps=False, short_window=True)  # fmt: skip
         result = self.transcriber.transcribe(as_float32(self.audio[start : piece.start]), alone)
-        return " ".join(s.text.strip() for s in result.segments).strip() or None
+        segments = list(result.segments)
+        if any(segment.compression_ratio > _FAILED_COMPRESSION for segment in segments):
+            log.info("no lead-in for the piece at %.1f s: its reading loops",
+                     piece.start / SAMPLE_RATE)  # fmt: skip
+            return None
+        return " ".join(s.text.strip() for s in segments).strip() or None
 
     def start(
         self,
