@@ -1241,6 +1241,12 @@ def test_pieces_that_follow_on_are_joined_up_to_two_minutes() -> None:
     assert before.joined(far).read == ((0, at(7)), (at(9), at(16)))
 
 
+def spoken_piece(*stretches: tuple[int, int]) -> Piece:
+    """A piece of `stretches` of speech (seconds), read from the first's start to the last's end."""
+    spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
+    return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
+
+
 class Prompted:
     """A model that reads any audio as two segments naming its call, and notes the prompt, the
     options and the number of each reading, by the length of what it read (seconds)."""
@@ -1281,14 +1287,10 @@ def test_a_piece_that_follows_on_is_read_with_the_words_before_it() -> None:
     for start in (20, 50):  # a second 20 dB under the speaker
         audio[start * SAMPLE_RATE : (start + 1) * SAMPLE_RATE] *= np.float32(0.1)
 
-    def piece(*stretches: tuple[int, int]) -> Piece:
-        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
-        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
-
-    first = piece((2, 6))
-    follows = piece((6, 42))  # 36 s, speech all through: it follows on (its lead-in: 0-6 s)
-    after_pauses = piece((44, 61), (63, 81))  # 37 s, two pauses of 2 s: read as it is
-    follows_too = piece((81, 99))  # 18 s (its lead-in: 71-81 s)
+    first = spoken_piece((2, 6))
+    follows = spoken_piece((6, 42))  # 36 s, speech all through: it follows on (its lead-in: 0-6 s)
+    after_pauses = spoken_piece((44, 61), (63, 81))  # 37 s, two pauses of 2 s: read as it is
+    follows_too = spoken_piece((81, 99))  # 18 s (its lead-in: 71-81 s)
     assert [_follows_on(b, a) for a, b in itertools.pairwise(
         [first, follows, after_pauses, follows_too])] == [True, False, True]  # fmt: skip
     model = Prompted()
@@ -1348,11 +1350,8 @@ def test_a_lead_in_that_loops_is_no_prompt() -> None:
     piece is read without it; a lead-in that reads cleanly is given as before."""
     audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
 
-    def piece(*stretches: tuple[int, int]) -> Piece:
-        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
-        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
-
-    first, follows, follows_too = piece((2, 6)), piece((6, 42)), piece((42, 60))
+    first, follows = spoken_piece((2, 6)), spoken_piece((6, 42))
+    follows_too = spoken_piece((42, 60))
     model = LoopingLeadIn()
     options = TranscriptionOptions(language="en", prompt="Harken.")
     reader = _PieceReader(model, audio, options, False, None)  # type: ignore[arg-type]
@@ -1375,10 +1374,6 @@ def test_where_voices_behind_are_heard_every_piece_is_read_with_its_lead_in() ->
     recording where no piece follows on, none has a lead-in."""
     audio = np.random.default_rng(7).normal(0, 0.05, 100 * SAMPLE_RATE).astype(np.float32)
 
-    def piece(*stretches: tuple[int, int]) -> Piece:
-        spans = tuple((a * SAMPLE_RATE, b * SAMPLE_RATE) for a, b in stretches)
-        return Piece(spans[0][0], spans[-1][1], spans, ((spans[0][0], spans[-1][1]),))
-
     def read(plan: list[Piece]) -> Prompted:
         model = Prompted()
         options = TranscriptionOptions(language="en", prompt="Harken.")
@@ -1394,9 +1389,9 @@ def test_where_voices_behind_are_heard_every_piece_is_read_with_its_lead_in() ->
         call = model.calls[seconds]
         return f"Harken. Call {call} begins. Call {call} ends."
 
-    first = piece((2, 6))
-    after_pauses = piece((9, 26), (28, 46))  # 37 s, after a pause of 3 s (lead-in: 0-9 s)
-    follows = piece((46, 71))  # 25 s, speech from the end of the one before (lead-in: 36-46 s)
+    first = spoken_piece((2, 6))
+    after_pauses = spoken_piece((9, 26), (28, 46))  # 37 s, after a pause of 3 s (lead-in: 0-9 s)
+    follows = spoken_piece((46, 71))  # 25 s, following on from it (lead-in: 36-46 s)
     assert [_follows_on(b, a) for a, b in itertools.pairwise([first, after_pauses, follows])] == [
         False,
         True,
@@ -1409,7 +1404,7 @@ def test_where_voices_behind_are_heard_every_piece_is_read_with_its_lead_in() ->
     assert np.array_equal(model.heard[37], audio[9 * SAMPLE_RATE : 46 * SAMPLE_RATE])  # as it is
 
     # Without a piece that follows on, no lead-in is read.
-    apart = piece((49, 71))  # 22 s, after a pause of 3 s
+    apart = spoken_piece((49, 71))  # 22 s, after a pause of 3 s
     model = read([first, after_pauses, apart])
     assert model.prompts[37] == model.prompts[22] == "Harken."
     assert sorted(model.prompts) == [4, 22, 37]
