@@ -899,6 +899,47 @@ def test_a_segment_that_hid_a_turn_is_read_again_with_it() -> None:
     assert model.heard[1].shape[0] == int(16.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
 
 
+class InTurn(Scripted):
+    """A scripted model whose readings, the first and each made again, are given in turn."""
+
+    def __init__(self, *readings: list[Segment]) -> None:
+        super().__init__(list(readings[0]), [])
+        self.readings = list(readings)
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        said = self.readings[len(self.heard)]
+        self.heard.append(samples)
+        return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
+
+
+def test_what_a_reading_again_leaves_out_of_the_speech_after_it_is_read_too() -> None:
+    """A segment read again with the turn it hid gives way to that reading, and so do its
+    words: where the reading ends early, the speech after it that the segment's words had
+    covered is read again when it is judged. Over fast talkers (text-to-speech voices built
+    apart from the tests), the reading gave the turn and stopped 3.3 s short of the
+    segment's end, in the next stretch of speech, and "It allows programs to publish and
+    discover services and hosts running" was lost: the replaced segment's words still
+    counted as covering it."""
+    audio = speech_like(25, np.random.default_rng(5))
+    stretches = ((0, 16 * SAMPLE_RATE), (int(16.5 * SAMPLE_RATE), 24 * SAMPLE_RATE))
+    piece = Piece(0, audio.shape[0], stretches)
+    words = (*said_over(0.4, 1.5, " It was"), Word(1.5, 12.5, " not", 0.9),
+             *said_over(16.6, 20.0, " so, it allows programs."))  # fmt: skip
+    first = [segment(0.4, 20.0, " It was not so, it allows programs.", words=words),
+             spoken(20.5, 24.0, " Yes indeed.")]  # fmt: skip
+    again = [spoken(0.3, 10.8, " A turn it skipped."), spoken(11.3, 15.6, " It was not so,")]
+    rest = [spoken(0.3, 3.6, " it allows programs.")]
+    model = InTurn(first, again, rest)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [" A turn it skipped.", " It was not so,", " it allows programs.",
+                     " Yes indeed."]  # fmt: skip
+    # The segment was read again from its start to its end; the rest of the second stretch
+    # (from where the reading again ended to the next segment) alone.
+    assert model.heard[1].shape[0] == int(20.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
+    assert len(model.heard) == 3
+
+
 class ByTemperature(Scripted):
     """A scripted model whose reading again depends on the temperature asked for: `again` at
     temperature 0, `sampled` on the engine's schedule (None), which samples where 0 fails."""
