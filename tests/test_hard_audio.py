@@ -1522,6 +1522,36 @@ def test_a_passage_said_twice_is_told_from_a_loop(server: Any, speech: dict[str,
     assert not said(segment(starts[5], starts[6], text))
 
 
+class Reads:
+    """A model that reads any audio as `text`, noting the options of each reading."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.options: list[TranscriptionOptions] = []
+
+    def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
+        self.options.append(options)
+        seconds = samples.shape[0] / SAMPLE_RATE
+        said = [spoken(0.0, seconds, self.text)]
+        return Transcription(TranscriptionInfo("en", 1.0, seconds), iter(said))
+
+
+def test_a_repeat_is_checked_at_temperature_0() -> None:
+    """The check reads a repeat's audio once, at temperature 0, not on the fallback schedule:
+    whether the words are there is the model's best reading's to tell (a sample of random text
+    does not), and over talk behind a speaker, loops were read at all six temperatures. A
+    caller's own temperature is kept, and the caller's prompt is not given."""
+    audio = np.zeros(6 * SAMPLE_RATE, dtype=np.float32)
+    model = Reads(" He could wait no longer, I think.")
+    said = _said_alone(model, audio, TranscriptionOptions("en", prompt="Harken."))  # type: ignore[arg-type]
+    assert said(segment(1.0, 3.0, " He could wait no longer."))
+    assert not said(segment(3.0, 5.0, " The cut on his chest still dripping blood."))
+    assert [(o.temperature, o.prompt) for o in model.options] == [(0.0, None), (0.0, None)]
+    said = _said_alone(model, audio, TranscriptionOptions("en", temperature=0.4))  # type: ignore[arg-type]
+    assert said(segment(1.0, 3.0, " He could wait no longer."))
+    assert model.options[-1].temperature == 0.4
+
+
 def test_a_mandarin_sentence_said_twice_in_a_row_is_written_twice(
     server: Any, speech: dict[str, Clip], tmp_path: Path
 ) -> None:
