@@ -438,7 +438,7 @@ class _PieceReader:
         lead-in read "7 of 8 of spades, 4 of close, ..." twice over, and the piece's first
         window then wrote "8 of hearts, 8 of hearts, ..." to 224 tokens at every temperature
         but the last: 58.9 s against the raw engine's 23.3 s. Without it, that window read
-        right, and the recording took 26.7-36.1 s, 48 -> 43 word errors (the raw engine 57);
+        right, and the recording took 36.1-37.5 s, 48 -> 43 word errors (the raw engine 57);
         eleven other recordings with voices behind had no lead-in that looped."""
         start = max(0, piece.start - _LEAD_IN_SAMPLES)
         if piece.start - start < _SHORTEST_LEAD_IN:
