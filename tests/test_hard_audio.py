@@ -759,6 +759,10 @@ def test_speech_no_segment_covers_is_found() -> None:
     assert _unheard(speech, [covered[0], segment(6.1, 8.0, " two")], 30.0) == [(8.3, 12.0)]
     # Under a second left out is Whisper's loose timing, not a lost passage.
     assert _unheard(speech, [covered[0], segment(6.8, 11.8, " two")], 30.0) == []
+    # But for a turn's first words: 0.6 s at a stretch's start is read again, not inside it.
+    assert _unheard(speech, [covered[0], segment(6.95, 11.8, " two")], 30.0) == [(6.0, 6.65)]
+    words = said_over(6.1, 8.0, " two") + said_over(9.1, 11.8, " three")
+    assert _unheard(speech, [covered[0], segment(6.1, 11.8, " two three", words=words)], 30.0) == []
     # Where there are words, they tell: a segment whose times span a turn its words skipped.
     words = said_over(0.1, 4.9, " one") + said_over(7.5, 11.8, " two three")
     spanning = segment(0.0, 11.8, " one two three", words=words)
@@ -938,6 +942,29 @@ def test_what_a_reading_again_leaves_out_of_the_speech_after_it_is_read_too() ->
     # (from where the reading again ended to the next segment) alone.
     assert model.heard[1].shape[0] == int(20.2 * SAMPLE_RATE) - int(0.2 * SAMPLE_RATE)
     assert len(model.heard) == 3
+
+
+def test_the_first_words_of_a_turn_are_read_again() -> None:
+    """Whisper skips the first words of a turn that follows another's, and where its text
+    starts under a second into the turn, those words lay under the second's tolerance. Over
+    voices nobody here recorded (LJ Speech's reader and synthetic voices taking turns 3-25 s
+    apart), "This should have been done" (1.1 s) was lost so: "In the last release" began
+    1.1 s into the turn. A turn's first 0.6 s that no word covers are read again, if half of
+    them are at the level of the speech around."""
+    audio = speech_like(17, np.random.default_rng(5))
+    stretches = ((0, 8 * SAMPLE_RATE), (9 * SAMPLE_RATE, 16 * SAMPLE_RATE))
+    piece = Piece(0, audio.shape[0], stretches)
+    first = [spoken(0.3, 7.8, " Then in the same operations with ugly ones."),
+             spoken(9.95, 15.8, " In the last release, the locks are set by default.")]  # fmt: skip
+    again = [spoken(0.2, 0.95, " This should have been done")]
+    model = InTurn(first, again)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [" Then in the same operations with ugly ones.", " This should have been done",
+                     " In the last release, the locks are set by default."]  # fmt: skip
+    # What was read again: the turn's first 0.65 s, and the padding either side.
+    assert len(model.heard) == 2
+    assert model.heard[1].shape[0] == pytest.approx(1.05 * SAMPLE_RATE, abs=1)
 
 
 class ByTemperature(Scripted):

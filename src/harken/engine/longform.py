@@ -12,9 +12,10 @@ What reading a piece involves, and why:
 - VAD is asked whether the text covers the speech. Whisper, reading a window where one speaker
   follows another, sometimes ends its text early or skips a turn (it treats what remains as
   done, and moves on a whole window); on held-out recordings that lost whole clips. Any
-  stretch of speech of `_UNHEARD_SECONDS` or more that no segment covers is read again on its
-  own, and its text put in its place; unless less than `_LOUD_SECONDS` of it comes within
-  `_BACKGROUND_DB` of the speech around it (`_CROWD_DB` over a crowd): a voice in the
+  stretch of speech of `_UNHEARD_SECONDS` or more that no segment covers (at a stretch's
+  start, a turn's first words, `_UNHEARD_TURN_SECONDS`) is read again on its own, and its
+  text put in its place; unless less than `_LOUD_SECONDS` of it (half of a shorter span)
+  comes within `_BACKGROUND_DB` of the speech around it (`_CROWD_DB` over a crowd): a voice in the
   background, which Whisper rightly left out (the raw engine too); what stays within
   `_ABOVE_FLOOR_DB` of the piece's floor does not count (steady noise in the pauses). What is
   read again is read with the voices behind the speaker turned down: read alone, without the
@@ -129,6 +130,10 @@ from harken.engine.types import (
 log = logging.getLogger(__name__)
 
 _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read again
+# The same at the start of a stretch of speech: Whisper skips a turn's first words, and where
+# its text begins a second into the turn, they lay under `_UNHEARD_SECONDS` ("This should have
+# been done", 1.1 s, lost over voices built apart from the tests, turns 3-25 s apart).
+_UNHEARD_TURN_SECONDS = 0.6
 _OFFSET = 0.003  # a recording whose mean is this far from zero (of full scale) has a DC offset
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
@@ -606,7 +611,7 @@ class _PieceReader:
             level = _level_around(samples, (start, end), stretches)
             span = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
             loud = seconds_at_level(span, level, within, floor)
-            if loud < _LOUD_SECONDS:
+            if loud < min(_LOUD_SECONDS, (end - start) / 2):  # half a turn's first 0.6-1 s
                 log.info("left %.1f-%.1f s of a piece unread: background or noise (%.1f s of "
                          "it at the level of the speech around it)", start, end, loud)  # fmt: skip
                 continue
@@ -740,7 +745,8 @@ def _unheard(
 ) -> list[tuple[float, float]]:
     """The spans of speech (seconds of the piece's audio) that no word (no segment, where the
     segments have no words) covers, nor any `unreadable` span, and that are at least
-    `_UNHEARD_SECONDS` long; neighbours less than a second apart are joined."""
+    `_UNHEARD_SECONDS` long (`_UNHEARD_TURN_SECONDS` at a stretch's start: the first words of
+    a turn); neighbours less than a second apart are joined."""
     spans_heard = [
         part
         for s in segments
@@ -759,7 +765,12 @@ def _unheard(
         left = [(a / SAMPLE_RATE, b / SAMPLE_RATE)]
         for h0, h1 in heard:
             left = [part for x0, x1 in left for part in _minus((x0, x1), (h0, h1))]
-        spans += [(x0, x1) for x0, x1 in left if x1 - x0 >= _UNHEARD_SECONDS]
+        turn = a / SAMPLE_RATE  # where a turn's first words are
+        spans += [
+            (x0, x1)
+            for x0, x1 in left
+            if x1 - x0 >= (_UNHEARD_TURN_SECONDS if x0 == turn else _UNHEARD_SECONDS)
+        ]
     joined: list[tuple[float, float]] = []
     for start, end in spans:
         if joined and start - joined[-1][1] < 1.0:
