@@ -967,6 +967,31 @@ def test_the_first_words_of_a_turn_are_read_again() -> None:
     assert model.heard[1].shape[0] == pytest.approx(1.05 * SAMPLE_RATE, abs=1)
 
 
+def test_what_a_reading_again_left_out_is_read_once_more() -> None:
+    """Read again, speech the text left out can come back short: two turns 0.4 s apart (one
+    stretch to VAD; 8 kHz mu-law, whisper-tiny.en, built apart from the tests) gave the second
+    turn alone, and a 30-word passage was lost. What a reading again leaves out is read once
+    more, alone; not where the reading gave nothing (the model heard nothing there)."""
+    audio = speech_like(17, np.random.default_rng(5))
+    piece = Piece(0, audio.shape[0], ((0, 16 * SAMPLE_RATE),))
+    first = [spoken(0.3, 2.0, " Movable types.")]
+    again = [spoken(6.9, 13.7, " But though on the whole.")]  # read from 2.1 s: 9.0-15.8 s
+    rest = [spoken(0.3, 6.5, " Note that it is very easy.")]  # read from 2.1 s: 2.4-8.6 s
+    model = InTurn(first, again, rest)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [" Movable types.", " Note that it is very easy.", " But though on the whole."]
+    # The rest: from where the first text ended to where the reading again began (less the
+    # slack given to word times), and the padding either side.
+    assert len(model.heard) == 3
+    assert model.heard[2].shape[0] == pytest.approx(6.8 * SAMPLE_RATE, abs=1)
+    # A reading again that gave nothing is not made again.
+    model = InTurn(first, [], rest)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    assert [s.text for s in reader.read(piece)] == [" Movable types."]
+    assert len(model.heard) == 2
+
+
 class ByTemperature(Scripted):
     """A scripted model whose reading again depends on the temperature asked for: `again` at
     temperature 0, `sampled` on the engine's schedule (None), which samples where 0 fails."""
