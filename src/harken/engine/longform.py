@@ -609,9 +609,8 @@ class _PieceReader:
             if end <= read_until:
                 continue  # read with a segment it hid
             level = _level_around(samples, (start, end), stretches)
-            span = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-            loud = seconds_at_level(span, level, within, floor)
-            if loud < min(_LOUD_SECONDS, (end - start) / 2):  # half a turn's first 0.6-1 s
+            loud = _too_faint(samples, (start, end), level, within, floor)
+            if loud is not None:
                 log.info("left %.1f-%.1f s of a piece unread: background or noise (%.1f s of "
                          "it at the level of the speech around it)", start, end, loud)  # fmt: skip
                 continue
@@ -681,9 +680,7 @@ class _PieceReader:
         whole = ((int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)),)
         rest: list[Segment] = []
         for a, b in _unheard(whole, read, samples.shape[0] / SAMPLE_RATE, unread or ()):
-            loud = seconds_at_level(samples[int(a * SAMPLE_RATE) : int(b * SAMPLE_RATE)], level,
-                                    within, floor)  # fmt: skip
-            if loud < min(_LOUD_SECONDS, (b - a) / 2):
+            if _too_faint(samples, (a, b), level, within, floor) is not None:
                 continue
             log.info("re-reading %.1f-%.1f s of a piece: the reading again left it out", a, b)
             got, until = self._read_span(samples, a, b, level, options)
@@ -771,6 +768,19 @@ def _shared(before: Sequence[Word], after: Sequence[Word]) -> int:
         if [said(w) for w in before[-count:]] == [said(w) for w in after[:count]]:
             return count
     return 0
+
+
+def _too_faint(
+    samples: np.ndarray, span: tuple[float, float], level: float, within: float, floor: float
+) -> float | None:
+    """The seconds of `span` (of the piece's `samples`) at the level of the speech around it
+    (within `within` dB of `level`, and over `floor`), where they are too few for it to be read
+    again: under `_LOUD_SECONDS`, or half the span where that is less (a turn's first 0.6-1 s).
+    None where it is loud enough."""
+    start, end = span
+    loud = seconds_at_level(samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)], level,
+                            within, floor)  # fmt: skip
+    return loud if loud < min(_LOUD_SECONDS, (end - start) / 2) else None
 
 
 def _unheard(
