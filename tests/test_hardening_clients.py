@@ -187,6 +187,10 @@ def wait_until_idle(server: Any, timeout: float) -> float:
 def test_a_client_that_leaves_frees_its_worker(strict_server: Any, long_clip: str, stream: bool):
     """5 minutes of audio would keep tiny.en busy for a good while; the job must stop soon
     after its client leaves, whether it was waiting for JSON or reading a stream."""
+    # A job an earlier test left running would pass for this one's admission below, and the
+    # client would leave while its own upload was still being read (nothing admitted, nothing
+    # cancelled): start from an idle server.
+    wait_until_idle(strict_server, timeout=120)
     before = cancelled_jobs(strict_server.url)
     body = json.dumps(chat_body(long_clip, stream=stream)).encode()
     # The body is sent in one go, then the client waits: no body timeout applies.
