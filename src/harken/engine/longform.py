@@ -639,18 +639,19 @@ class _PieceReader:
                     # it left out of the speech after this is read again when that is judged
                     # (fast talkers built apart from the tests: a 13-word passage was lost).
                     heard[:] = [segment for segment in heard if segment not in hiding]
-            if not hiding:
+            if hiding:
+                span = (start_with, end_with)
+            else:
                 start = max(start, read_until)
                 read_until = end
+                span = (start, end)
                 log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
                          "(0 segments with it)", start, end)  # fmt: skip
                 got, until = self._read_span(samples, start, end, level, short)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
             read = list(_heard(iter(got), speech, until, unread))
-            if not hiding:
-                rest = self._read_rest(samples, (start, end), read, speech, unread, level, short,
-                                       floor, within)  # fmt: skip
-                read = sorted([*read, *rest], key=_start)
+            rest = self._read_rest(samples, span, read, speech, unread, level, short, floor, within)
+            read = sorted([*read, *rest], key=_start)
             around = [s for s in (*heard, *held, *((after,) if after else ())) if s not in hiding]
             for segment in _without_words_around(read, around, self.transcriber.count_tokens):
                 bisect.insort(held, segment, key=_start)
@@ -669,11 +670,13 @@ class _PieceReader:
         floor: float,
         within: float,
     ) -> list[Segment]:
-        """The segments of what `read` (a reading again of `span`) left out of it, read once
-        more, alone; nothing where `read` has no text (the span gave the model nothing). Read
-        again, two turns 0.4 s apart (8 kHz mu-law, whisper-tiny.en, built apart from the
-        tests) gave the second turn alone, and a 30-word passage was lost; the first turn, read
-        alone, gave its words."""
+        """The segments of what `read` (a reading again of `span`, of speech alone or with the
+        segments that hid it) left out of it, read once more, alone; nothing where `read` has
+        no text (the span gave the model nothing). Read again, two turns 0.4 s apart (8 kHz
+        mu-law, whisper-tiny.en, built apart from the tests) gave the second turn alone, and a
+        30-word passage was lost; the first turn, read alone, gave its words. In a reverberant
+        room, a recording's last segment read again with the speech its end hid stopped at
+        "what you" as before, and "minimally have to modify" was lost."""
         if not any(segment.text.strip() for segment in read):
             return []
         start, end = span
