@@ -909,10 +909,12 @@ class InTurn(Scripted):
     def __init__(self, *readings: list[Segment]) -> None:
         super().__init__(list(readings[0]), [])
         self.readings = list(readings)
+        self.prompts: list[str | None] = []
 
     def transcribe(self, samples: np.ndarray, options: TranscriptionOptions) -> Transcription:
         said = self.readings[len(self.heard)]
         self.heard.append(samples)
+        self.prompts.append(options.prompt)
         return Transcription(TranscriptionInfo("en", 1.0, 30.0), iter(said))
 
 
@@ -985,11 +987,52 @@ def test_what_a_reading_again_left_out_is_read_once_more() -> None:
     # slack given to word times), and the padding either side.
     assert len(model.heard) == 3
     assert model.heard[2].shape[0] == pytest.approx(6.8 * SAMPLE_RATE, abs=1)
-    # A reading again that gave nothing is not made again.
-    model = InTurn(first, [], rest)
+    # A reading again that gave nothing, even with the text before it (see
+    # `test_speech_heard_as_none_alone_is_read_with_the_text_before_it`), is not made again.
+    model = InTurn(first, [], [], rest)
     reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
     assert [s.text for s in reader.read(piece)] == [" Movable types."]
-    assert len(model.heard) == 2
+    assert len(model.heard) == 3
+
+
+def test_speech_heard_as_none_alone_is_read_with_the_text_before_it() -> None:
+    """Read alone, speech at the level of the speech around it can give no text at all: the
+    model takes it for no speech, where with the words said before it, as in its window, it
+    reads it. On a conference bridge (turns echoed 120-300 ms later, built apart from the
+    tests), the end of a turn and the next ("to him and painful to myself. The man pages now
+    document how to create and manage external journals...", 9 s), left out of their window
+    and of a reading again, gave nothing read alone, and 26 words were lost; read with the
+    two segments before them as the words before, they were read. Such a reading alone, of
+    speech left out or of what a reading again left out, is made once more with the text
+    before it; not a third time."""
+    audio = speech_like(17, np.random.default_rng(5))
+    piece = Piece(0, audio.shape[0], ((0, 16 * SAMPLE_RATE),))
+    first = [spoken(0.3, 2.0, " The narrative would be tedious")]
+    prompted = [spoken(0.2, 13.8, " to him and painful to myself.")]  # read from 1.9 s
+    model = InTurn(first, [], prompted)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [" The narrative would be tedious", " to him and painful to myself."]
+    assert model.prompts == [None, None, "The narrative would be tedious"]
+    # The same audio both times: from where the text ended (and the slack given to word
+    # times) to the stretch's end, and the padding either side.
+    assert model.heard[1].shape == model.heard[2].shape
+    assert model.heard[2].shape[0] == pytest.approx(14.1 * SAMPLE_RATE, abs=1)
+    # A caller's prompt comes first.
+    model = InTurn(first, [], prompted)
+    reader = _PieceReader(model, audio, TranscriptionOptions(prompt="Glossary."), False, None)  # type: ignore[arg-type]
+    assert len(list(reader.read(piece))) == 2
+    assert model.prompts[2] == "Glossary. The narrative would be tedious"
+    # What a reading again left out, read once more alone, likewise (the second turn read
+    # from 9.0 s, the first turn read alone: nothing, and with the text before it: its words).
+    first = [spoken(0.3, 2.0, " Movable types.")]
+    again = [spoken(6.9, 13.7, " But though on the whole.")]  # read from 2.1 s
+    rest = [spoken(0.3, 6.5, " Note that it is very easy.")]  # read from 2.1 s
+    model = InTurn(first, again, [], rest)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [" Movable types.", " Note that it is very easy.", " But though on the whole."]
+    assert model.prompts == [None, None, None, "Movable types."]
 
 
 def test_what_a_reading_again_with_a_segment_left_out_is_read_once_more() -> None:
@@ -1008,6 +1051,20 @@ def test_what_a_reading_again_with_a_segment_left_out_is_read_once_more() -> Non
     # to where the segment did, and the padding either side.
     assert len(model.heard) == 3
     assert model.heard[2].shape[0] == pytest.approx(2.4 * SAMPLE_RATE, abs=1)
+
+
+def test_segments_read_again_as_nothing_stay() -> None:
+    """A segment read again with the turn it hid, where that reading gives no text, stays as
+    its window read it, and the turn is read alone, as where the reading fails: written in
+    its place, nothing would have taken the segment's words with it."""
+    words = (Word(0.4, 1.0, " It", 0.9), Word(1.0, 1.5, " was", 0.9),
+             Word(1.5, 12.5, " not", 0.9), Word(12.5, 14.4, " so.", 0.9))  # fmt: skip
+    first = [segment(0.4, 14.5, " It was not so.", words=words)]
+    turn = [spoken(0.2, 10.2, " A turn it skipped.")]
+    model = InTurn(first, [], turn)
+    assert read_scripted(model, 15) == [" It was not so.", " A turn it skipped."]
+    # The turn alone: what the stretched word covers, less its ends, and the padding.
+    assert model.heard[2].shape[0] == int(12.2 * SAMPLE_RATE) - int(1.8 * SAMPLE_RATE)
 
 
 class ByTemperature(Scripted):
@@ -1110,7 +1167,11 @@ def test_only_speech_at_the_level_around_it_and_above_the_noise_is_read_again() 
     # A second turn after a short pause full of those voices: read again, the voices turned
     # down where they are more than 60 ms from the speaker's sound, the speaker left as is.
     audio = np.concatenate([sound(3.0, -20), sound(1.0, -42), sound(2.0, -20)])
-    _, again = read(audio).heard
+    heard = read(audio).heard
+    # (read alone, it gave no text: so it is read once more, the same audio, with the text
+    # before it; see `test_speech_heard_as_none_alone_is_read_with_the_text_before_it`)
+    assert len(heard) == 3 and np.array_equal(heard[1], heard[2])
+    again = heard[1]
     begin = audio.shape[0] - again.shape[0]
     assert begin < 3 * SAMPLE_RATE
     pause = slice(3 * SAMPLE_RATE + 1600 - begin, 4 * SAMPLE_RATE - 1600 - begin)
@@ -1122,7 +1183,7 @@ def test_only_speech_at_the_level_around_it_and_above_the_noise_is_read_again() 
     alone = np.concatenate([sound(3.0, -18), np.zeros(2 * SAMPLE_RATE, np.float32)])
     assert len(read(alone + sound(5.0, -25)).heard) == 1
     turns = np.concatenate([sound(3.0, -18), np.zeros(SAMPLE_RATE, np.float32), sound(2.0, -18)])
-    assert len(read(turns + sound(6.0, -25)).heard) == 2
+    assert len(read(turns + sound(6.0, -25)).heard) == 3  # alone, and with the text before it
 
 
 def test_a_crowd_in_the_pauses_is_not_read_again(speech: dict[str, Clip]) -> None:
@@ -1145,10 +1206,11 @@ def test_a_crowd_in_the_pauses_is_not_read_again(speech: dict[str, Clip]) -> Non
         return len(model.heard)
 
     assert readings(voices + crowd, follows_on=True) == 1
-    assert readings(voices + crowd, follows_on=False) == 2
+    # Read again (alone, and, giving no text, with the text before it).
+    assert readings(voices + crowd, follows_on=False) == 3
     turn = levelled(decode_audio(speech["ls_1995-1837-0001"].bytes()), -23.0)[: 3 * SAMPLE_RATE]
     with_turn = np.concatenate([voices, turn])
-    assert readings(with_turn + np.tile(crowd, 2)[: with_turn.shape[0]], follows_on=True) == 2
+    assert readings(with_turn + np.tile(crowd, 2)[: with_turn.shape[0]], follows_on=True) == 3
 
 
 def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
@@ -1166,7 +1228,7 @@ def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
         " Music",
         " And so, my",
     ]
-    assert len(model.heard) == 2
+    assert len(model.heard) == 3  # alone, and, giving no text, with the text before it
     looped = {"temperature": 1.0, "avg_logprob": -0.3, "compression_ratio": 2.8}
     model = Scripted([segment(0.0, 6.0, " la la la la la la", **looped)], [])
     assert read_scripted(model, 26) == []
@@ -1176,7 +1238,7 @@ def test_a_window_read_wrong_at_every_temperature_is_not_written() -> None:
     # A reading that passed keeps its few words (the rest of the window read again).
     model = Scripted([spoken(0.0, 1.0, " Yes.", avg_logprob=-0.4)], [])
     assert read_scripted(model, 26) == [" Yes."]
-    assert len(model.heard) == 2
+    assert len(model.heard) == 3  # alone, and with the text before it
     # What is read again is held to the same: a failed, sparse reading of it is dropped.
     model = Scripted([spoken(0.0, 1.0, " Yes.")], [segment(3.0, 4.0, " Music", **failed)])
     assert read_scripted(model, 26) == [" Yes."]

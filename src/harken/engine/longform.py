@@ -136,6 +136,7 @@ _UNHEARD_SECONDS = 1.0  # speech no word covers, at least this long, is read aga
 _UNHEARD_TURN_SECONDS = 0.6
 _OFFSET = 0.003  # a recording whose mean is this far from zero (of full scale) has a DC offset
 _HEARD_SLACK = 0.3  # Whisper's word and segment times are this loose
+_SAID_BEFORE_SEGMENTS = 2  # segments given as the words before speech read alone that gave none
 _REREAD_PAD = 0.2  # seconds of audio kept either side of speech read again
 _OVERLAP_WORDS = 4  # the most words dropped from a reading again (`_without_words_around`)
 _LONGEST_WORD_SECONDS = 2.0  # a word Whisper's alignment gives longer than this is stretched
@@ -594,8 +595,9 @@ class _PieceReader:
         (`_without_words_around`).
 
         Segments read again with the speech they left out are read so at temperature 0 only.
-        Where that reading fails Whisper's checks, they stay as they were read in their window
-        (where they passed them), and the speech they left out is read alone, as any. Sampled
+        Where that reading fails Whisper's checks, or gives no text (it would write nothing in
+        their place), they stay as they were read in their window (where they passed them), and
+        the speech they left out is read alone, as any. Sampled
         at higher temperatures, such readings looped on whole windows: over talk 10 dB under a
         speaker (`benchmarks/long_audio.py --background 10`), 21 s read with a segment looped
         at temperatures 0-0.6 (224 tokens, 6-9 s a reading) before one at 0.8 passed. That
@@ -622,13 +624,16 @@ class _PieceReader:
                 end_with = max([end, *(s.end for s in hiding)])
                 log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
                          "(%d segments with it)", start_with, end_with, len(hiding))  # fmt: skip
-                # At temperature 0 only, unless the caller chose one: where it fails, they stay.
+                # At temperature 0 only, unless the caller chose one: where it fails (or
+                # gives no text), they stay.
                 once = dataclasses.replace(short, temperature=0.0) if self.falls_back else short
                 got, until = self._read_span(samples, start_with, end_with, level, once)
-                if self.falls_back and any(_failed(segment) for segment in got):
+                failed = self.falls_back and any(_failed(segment) for segment in got)
+                if failed or not any(segment.text.strip() for segment in got):
+                    why = "failed" if failed else "gave no text"
                     log.info("kept %d segments over %.1f-%.1f s: read again with the speech "
-                             "they left out, they failed; that speech is read alone",
-                             len(hiding), start_with, end_with)  # fmt: skip
+                             "they left out, they %s; that speech is read alone",
+                             len(hiding), start_with, end_with, why)  # fmt: skip
                     for segment in hiding:
                         bisect.insort(held, segment, key=_start)
                     stayed.extend(hiding)
@@ -647,10 +652,12 @@ class _PieceReader:
                 span = (start, end)
                 log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
                          "(0 segments with it)", start, end)  # fmt: skip
-                got, until = self._read_span(samples, start, end, level, short)
+                said = [*heard, *held]
+                got, until = self._read_alone(samples, start, end, level, short, said)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
             read = list(_heard(iter(got), speech, until, unread))
-            rest = self._read_rest(samples, span, read, speech, unread, level, short, floor, within)
+            rest = self._read_rest(samples, span, read, speech, unread, level, short, floor, within,
+                                   said=[*heard, *held])  # fmt: skip
             read = sorted([*read, *rest], key=_start)
             around = [s for s in (*heard, *held, *((after,) if after else ())) if s not in hiding]
             for segment in _without_words_around(read, around, self.transcriber.count_tokens):
@@ -669,6 +676,7 @@ class _PieceReader:
         options: TranscriptionOptions,
         floor: float,
         within: float,
+        said: Sequence[Segment] = (),
     ) -> list[Segment]:
         """The segments of what `read` (a reading again of `span`, of speech alone or with the
         segments that hid it) left out of it, read once more, alone; nothing where `read` has
@@ -686,9 +694,43 @@ class _PieceReader:
             if _too_faint(samples, (a, b), level, within, floor) is not None:
                 continue
             log.info("re-reading %.1f-%.1f s of a piece: the reading again left it out", a, b)
-            got, until = self._read_span(samples, a, b, level, options)
+            got, until = self._read_alone(samples, a, b, level, options, [*said, *read])
             rest += _heard(iter(got), speech, until, unread)
         return rest
+
+    def _read_alone(
+        self,
+        samples: np.ndarray,
+        start: float,
+        end: float,
+        level: float,
+        options: TranscriptionOptions,
+        said: Sequence[Segment],
+    ) -> tuple[list[Segment], float]:
+        """`_read_span`, and where it gives no text, read once more with the text said before
+        `start` (the last `_SAID_BEFORE_SEGMENTS` of `said`) as the words before it, after the
+        caller's prompt. Read alone, speech at the level of the speech around it can give no
+        text at all: without the words before it, the model takes it for no speech. On a
+        conference bridge (turns echoed 120-300 ms later, built apart from the tests), 9 s of
+        the end of one turn and the next ("to him and painful to myself. The man pages now
+        document how to create and manage external journals ...") were left out of their
+        window; read again with the segment after them, only its words came back, and read
+        alone once more, nothing: 26 words were lost (whisper-base). With the two segments
+        before them as the words before, they were read."""
+        got, until = self._read_span(samples, start, end, level, options)
+        if any(segment.text.strip() for segment in got):
+            return got, until
+        known = {id(segment): segment for segment in said}.values()  # heard and held share some
+        before = [s for s in sorted(known, key=_start) if s.end <= start + _HEARD_SLACK]
+        text = " ".join(s.text.strip() for s in before[-_SAID_BEFORE_SEGMENTS:]).strip()
+        if not text:
+            return got, until
+        log.info("re-reading %.1f-%.1f s of a piece with the text before it: alone, the model "
+                 "heard no speech there", start, end)  # fmt: skip
+        prompted = dataclasses.replace(
+            options, prompt=" ".join(t for t in (options.prompt, text) if t)
+        )
+        return self._read_span(samples, start, end, level, prompted)
 
     def _read_span(
         self,
