@@ -629,7 +629,7 @@ class _PieceReader:
                 once = dataclasses.replace(short, temperature=0.0) if self.falls_back else short
                 got, until = self._read_span(samples, start_with, end_with, level, once)
                 failed = self.falls_back and any(_failed(segment) for segment in got)
-                if failed or not any(segment.text.strip() for segment in got):
+                if failed or not _any_text(got):
                     why = "failed" if failed else "gave no text"
                     log.info("kept %d segments over %.1f-%.1f s: read again with the speech "
                              "they left out, they %s; that speech is read alone",
@@ -644,6 +644,7 @@ class _PieceReader:
                     # it left out of the speech after this is read again when that is judged
                     # (fast talkers built apart from the tests: a 13-word passage was lost).
                     heard[:] = [segment for segment in heard if segment not in hiding]
+            said = [*heard, *held]  # what the text holds so far, for a reading that gives none
             if hiding:
                 span = (start_with, end_with)
             else:
@@ -652,12 +653,11 @@ class _PieceReader:
                 span = (start, end)
                 log.info("re-reading %.1f-%.1f s of a piece: the text left that speech out "
                          "(0 segments with it)", start, end)  # fmt: skip
-                said = [*heard, *held]
                 got, until = self._read_alone(samples, start, end, level, short, said)
             unread: list[tuple[float, float]] | None = [] if self.falls_back else None
             read = list(_heard(iter(got), speech, until, unread))
             rest = self._read_rest(samples, span, read, speech, unread, level, short, floor, within,
-                                   said=[*heard, *held])  # fmt: skip
+                                   said)  # fmt: skip
             read = sorted([*read, *rest], key=_start)
             around = [s for s in (*heard, *held, *((after,) if after else ())) if s not in hiding]
             for segment in _without_words_around(read, around, self.transcriber.count_tokens):
@@ -685,7 +685,7 @@ class _PieceReader:
         30-word passage was lost; the first turn, read alone, gave its words. In a reverberant
         room, a recording's last segment read again with the speech its end hid stopped at
         "what you" as before, and "minimally have to modify" was lost."""
-        if not any(segment.text.strip() for segment in read):
+        if not _any_text(read):
             return []
         start, end = span
         whole = ((int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)),)
@@ -718,7 +718,7 @@ class _PieceReader:
         alone once more, nothing: 26 words were lost (whisper-base). With the two segments
         before them as the words before, they were read."""
         got, until = self._read_span(samples, start, end, level, options)
-        if any(segment.text.strip() for segment in got):
+        if _any_text(got):
             return got, until
         known = {id(segment): segment for segment in said}.values()  # heard and held share some
         before = [s for s in sorted(known, key=_start) if s.end <= start + _HEARD_SLACK]
@@ -921,6 +921,10 @@ def _fills_the_pauses(samples: np.ndarray, speech: tuple[tuple[int, int], ...]) 
 
 def _start(segment: Segment) -> float:
     return segment.start
+
+
+def _any_text(segments: Sequence[Segment]) -> bool:
+    return any(segment.text.strip() for segment in segments)
 
 
 def _minus(span: tuple[float, float], cut: tuple[float, float]) -> list[tuple[float, float]]:
