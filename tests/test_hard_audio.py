@@ -30,6 +30,7 @@ from harken.audio import SAMPLE_RATE, decode_audio, decode_pcm16
 from harken.engine import SegmentationOptions, TranscriptionOptions, transcribe_long
 from harken.engine.leveling import level_speech, speech_level_db, turn_down_behind
 from harken.engine.longform import (
+    _copied,
     _follows_on,
     _in_order,
     _joined_where_they_follow_on,
@@ -1635,6 +1636,51 @@ def test_a_passage_written_twice_is_written_once() -> None:
     again = [segment(0.0, 3.0, said), segment(3.6, 6.6, said), segment(6.0, 9.0, said)]
     kept = [(s.start, s.text) for s in _without_loops(iter(again), found)]
     assert kept == [(0.0, said), (3.6, said)] and asked == [3.6]
+
+
+ULTRA = " The type of this book may be considered the ne plus ultra."
+MALICIOUS = " I see, a malicious or buggy certificate can result in a crash."
+DASHWOOD = " Go on. And Mister John Dashwood had then leisure to consider."
+DISK = " Of data stored on disk or forwarded by the log level."
+
+
+def test_a_passage_written_where_it_was_not_said_is_read_again() -> None:
+    """Whisper can write a passage where it was not said: reading short replies between turns
+    (whisper-tiny.en, built apart from the tests), a window skipped "may be considered the ne
+    plus ultra of Gothic type" and wrote it 20 s late, over "of data stored on disk or
+    forwarded by the log level"; read again where it was said, the passage came out twice, and
+    those words were lost. A segment whose words all stand in the text before it (but for what
+    touches it), and whose own audio, read alone, does not give them, is dropped where it
+    comes, and the speech under it is read again."""
+    audio = speech_like(25, np.random.default_rng(5))
+    piece = spoken_piece((0, 5), (5, 10), (10, 15), (15, 20), (20, 25))
+    first = [spoken(0.3, 4.8, MALICIOUS), spoken(10.0, 14.8, DASHWOOD),
+             spoken(15.0, 19.8, ULTRA), spoken(20.0, 24.8, MALICIOUS)]  # fmt: skip
+    skipped = [spoken(0.4, 4.9, ULTRA)]  # 5-10 s, read from 4.8 s
+    alone = [spoken(0.2, 4.6, " Of data stored on disk.")]  # the late passage's own span
+    again = [spoken(0.2, 4.8, DISK)]  # 15-20 s, read from 14.8 s
+    # The last segment says the first again, and its own audio gives it: it stays.
+    repeated = [spoken(0.2, 4.6, MALICIOUS)]
+    model = InTurn(first, skipped, alone, again, repeated)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [MALICIOUS, ULTRA, DASHWOOD, DISK, MALICIOUS]
+    # Read alone: the late passage's own time and the padding either side.
+    assert model.heard[2].shape[0] == int(20.0 * SAMPLE_RATE) - int(14.8 * SAMPLE_RATE)
+    # Where its own audio gives the late passage, it stays, and nothing more is read.
+    model = InTurn(first, skipped, [spoken(0.2, 4.6, ULTRA)], repeated)
+    reader = _PieceReader(model, audio, TranscriptionOptions(), False, None)  # type: ignore[arg-type]
+    texts = [s.text for s in reader.read(piece)]
+    assert texts == [MALICIOUS, ULTRA, DASHWOOD, ULTRA, MALICIOUS] and len(model.heard) == 4
+    # The words before the piece (its lead-in) count as said before it.
+    assert _copied(spoken(1.0, 4.0, ULTRA), ULTRA.strip(), [])
+    # A repeat that touches the passage it repeats is left to `_without_loops`; a short one,
+    # and one of other words, are not copies.
+    said = [spoken(0.3, 4.8, ULTRA), spoken(5.0, 5.4, " I see.")]
+    assert not _copied(spoken(4.8, 9.6, ULTRA), None, said)
+    assert not _copied(spoken(9.0, 9.4, " I see."), None, said)
+    assert not _copied(spoken(9.0, 12.0, DISK), None, said)
+    assert _copied(spoken(9.0, 12.0, ULTRA), None, said)
 
 
 def test_a_passage_said_twice_is_told_from_a_loop(server: Any, speech: dict[str, Clip]) -> None:

@@ -229,6 +229,7 @@ _SPARSE_WORDS_PER_SECOND = 0.5
 _CAPTIONS = frozenset({"music"})
 _CAPTION_NO_SPEECH = 0.4
 _LOOP_WORDS = 4  # a repeat this many words long or more is a decoding loop
+_TOUCHING_SECONDS = 1.0  # a repeat this near the passage it repeats, or nearer, touches it
 # ...unless its own audio, read alone, gives at least this share of its words, in order: read
 # again, a sentence said twice comes out a word or two apart from the first reading (Mandarin
 # clips said twice in a row, 0.8 and 1.3 s apart, whisper-base: "一二线城市渲染也处于调整中"
@@ -515,6 +516,7 @@ class _PieceReader:
             unreadable,
             options,
             _CROWD_DB if crowd else _BACKGROUND_DB,
+            before,
         )
         return result.info, final(with_unheard)
 
@@ -527,6 +529,7 @@ class _PieceReader:
         unreadable: list[tuple[float, float]],
         options: TranscriptionOptions,
         within: float,
+        before: str | None = None,
     ) -> Iterator[Segment]:
         """The segments, with those of each stretch of speech (or of `sound`, what the plan
         reads as speech, see `Piece.sound`) they left out read again on its own and put in
@@ -536,23 +539,24 @@ class _PieceReader:
         (windows the model could not read at any temperature, filled in as the segments come)
         is not read again: alone, it gives the model nothing more. `within`: how near the
         speech around it left-out speech must come to be read again (`_BACKGROUND_DB`; in a
-        piece over a crowd, `_CROWD_DB`)."""
+        piece over a crowd, `_CROWD_DB`). A segment that copies the text before it (`_copied`;
+        `before`: the words said before the piece, its lead-in) is dropped where it comes, so
+        that the speech under it counts as left out."""
         heard: list[Segment] = []
         held: list[Segment] = []  # in time order
+        written: list[Segment] = []  # what has left `held`
         waiting = sorted((*speech, *sound))
         length = samples.shape[0] / SAMPLE_RATE
         floor = floor_db(samples) + _ABOVE_FLOOR_DB
+        said = _said_alone(self.transcriber, samples, options)
 
         def settled() -> Iterator[Segment]:
             # What is read again starts no earlier than its stretch (less the padding), or than
             # a segment it replaces (see `_read_again`): one that reaches into the stretch.
-            if not waiting:
-                yield from held
-                held.clear()
-                return
-            begins = waiting[0][0] / SAMPLE_RATE
+            begins = waiting[0][0] / SAMPLE_RATE if waiting else float("inf")
             while held and held[0].start < begins - _REREAD_PAD and held[0].end <= begins:
-                yield held.pop(0)
+                written.append(held.pop(0))
+                yield written[-1]
 
         for segment in segments:
             passed = 0
@@ -563,6 +567,11 @@ class _PieceReader:
                 self._read_again(samples, stretches, sound, heard, unreadable, held, length,
                                  options, floor, within, after=segment)  # fmt: skip
                 del waiting[:passed]
+            if _copied(segment, before, [*written, *held, *heard]) and not said(segment):
+                log.info("dropped a segment at %.1f s of a piece: it copies the text before "
+                         "it, and its audio does not give it: %r",
+                         segment.start, segment.text)  # fmt: skip
+                continue
             heard.append(segment)
             bisect.insort(held, segment, key=_start)
             yield from settled()
@@ -1216,7 +1225,7 @@ def _without_loops(
         repeats = [
             end
             for before, end in recent
-            if f" {words} " in f" {before} " and segment.start <= end + 1.0
+            if f" {words} " in f" {before} " and segment.start <= end + _TOUCHING_SECONDS
         ]
         # Times that overlap cannot hold the passage twice; others are asked.
         looped = len(words.split()) >= _LOOP_WORDS and bool(repeats)
@@ -1225,6 +1234,25 @@ def _without_loops(
             continue
         recent.append((words, segment.end))
         yield segment
+
+
+def _copied(segment: Segment, before: str | None, said: Sequence[Segment]) -> bool:
+    """Whether all the words of `segment`, `_LOOP_WORDS` or more, stand in order in the text
+    said before it: `before` (the words before the piece) and the segments of `said` that end
+    more than `_TOUCHING_SECONDS` before it begins (a repeat that touches the passage it
+    repeats is `_without_loops`'s to judge). Whisper can write a passage where it was not
+    said: reading short replies between turns (whisper-tiny.en, built apart from the tests),
+    a window skipped a passage and wrote it 20 s late, over "of data stored on disk or
+    forwarded by the log level"; the passage, read again where it was said, came out twice,
+    and those words were lost. Whether the segment's own audio gives it is for the caller to
+    ask (`_said_alone`)."""
+    words = " ".join(words_of(segment.text.lower()))
+    if len(words.split()) < _LOOP_WORDS:
+        return False
+    known = {id(s): s for s in said if s.end + _TOUCHING_SECONDS < segment.start}.values()
+    earlier = [before or "", *(s.text for s in sorted(known, key=_start))]
+    text = " ".join(words_of(" ".join(earlier).lower()))
+    return f" {words} " in f" {text} "
 
 
 def _said_alone(
