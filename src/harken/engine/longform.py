@@ -548,7 +548,7 @@ class _PieceReader:
         waiting = sorted((*speech, *sound))
         length = samples.shape[0] / SAMPLE_RATE
         floor = floor_db(samples) + _ABOVE_FLOOR_DB
-        said = _said_alone(self.transcriber, samples, options)
+        gives = _said_alone(self.transcriber, samples, options)  # read alone, gives it
 
         def settled() -> Iterator[Segment]:
             # What is read again starts no earlier than its stretch (less the padding), or than
@@ -567,7 +567,7 @@ class _PieceReader:
                 self._read_again(samples, stretches, sound, heard, unreadable, held, length,
                                  options, floor, within, after=segment)  # fmt: skip
                 del waiting[:passed]
-            if _copied(segment, before, [*written, *held, *heard]) and not said(segment):
+            if _copied(segment, before, [*written, *held, *heard]) and not gives(segment):
                 log.info("dropped a segment at %.1f s of a piece: it copies the text before "
                          "it, and its audio does not give it: %r",
                          segment.start, segment.text)  # fmt: skip
@@ -1236,10 +1236,10 @@ def _without_loops(
         yield segment
 
 
-def _copied(segment: Segment, before: str | None, said: Sequence[Segment]) -> bool:
+def _copied(segment: Segment, before: str | None, earlier: Sequence[Segment]) -> bool:
     """Whether all the words of `segment`, `_LOOP_WORDS` or more, stand in order in the text
-    said before it: `before` (the words before the piece) and the segments of `said` that end
-    more than `_TOUCHING_SECONDS` before it begins (a repeat that touches the passage it
+    said before it: `before` (the words before the piece) and the segments of `earlier` that
+    end more than `_TOUCHING_SECONDS` before it begins (a repeat that touches the passage it
     repeats is `_without_loops`'s to judge). Whisper can write a passage where it was not
     said: reading short replies between turns (whisper-tiny.en, built apart from the tests),
     a window skipped a passage and wrote it 20 s late, over "of data stored on disk or
@@ -1249,9 +1249,9 @@ def _copied(segment: Segment, before: str | None, said: Sequence[Segment]) -> bo
     words = " ".join(words_of(segment.text.lower()))
     if len(words.split()) < _LOOP_WORDS:
         return False
-    known = {id(s): s for s in said if s.end + _TOUCHING_SECONDS < segment.start}.values()
-    earlier = [before or "", *(s.text for s in sorted(known, key=_start))]
-    text = " ".join(words_of(" ".join(earlier).lower()))
+    known = {id(s): s for s in earlier if s.end + _TOUCHING_SECONDS < segment.start}.values()
+    texts = [before or "", *(s.text for s in sorted(known, key=_start))]
+    text = " ".join(words_of(" ".join(texts).lower()))
     return f" {words} " in f" {text} "
 
 
